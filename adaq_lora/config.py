@@ -1,0 +1,101 @@
+"""The one configuration every method reads (book chapters 1, 3, 5 and 6).
+
+`AdaQConfig` gathers the hyper-parameters of the paper's methods: the LoRA rank and scale of Eq. 1, the SVD
+adapter's starting and final rank of Eq. 5, the orthogonality weight γ of Eq. 6, the importance EMAs and the
+cubic budget schedule of Sec. 2.3, the 4-bit storage of the frozen base, and the learning rate of Sec. 3.
+It is validated when it is built, so a bad value fails before any model is touched.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+METHODS = ("base", "full", "lora", "qlora", "adalora", "adaq_lora")
+QUANTIZED_METHODS = ("qlora", "adaq_lora")
+SVD_METHODS = ("adalora", "adaq_lora")
+LORA_METHODS = ("lora", "qlora")
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass
+class AdaQConfig:
+    target_modules: tuple[str, ...] | None = None  # leaf names of the linear layers to adapt; None: the family's default
+    r: int = 8  # LoRA rank r of Eq. 1 (lora, qlora)
+    lora_alpha: float = 16.0  # α of Eq. 1; the update is scaled by α / r (α / init_r for SVD adapters, as PEFT)
+    lora_dropout: float = 0.05  # dropout on the adapter's input only; the frozen path sees x unchanged
+    init_r: int = 12  # rank every SVD adapter starts with (Eq. 5)
+    target_r: int = 8  # average rank per adapted matrix once the budget has fallen (Sec. 2.3)
+    t_init: int = 10  # warm-up steps before the first triplet is masked
+    t_final: int = 10  # last steps, with the mask fixed and the rank pattern recorded
+    delta_t: int = 1  # steps between two re-maskings (ΔT)
+    beta1: float = 0.85  # EMA coefficient of the sensitivity |θ · ∂L/∂θ|
+    beta2: float = 0.85  # EMA coefficient of its uncertainty
+    orth_reg_weight: float = 1e-3  # γ of Eq. 6: the paper gives no value; with the sum over ~200 matrices this starts near the LM loss
+    total_steps: int = 100  # optimizer steps of the whole run; the budget schedule is laid out over them
+    learning_rate: float = 3e-4  # the paper's constant learning rate (Sec. 3)
+    quant_type: str = "nf4"  # 4-bit storage of the frozen base: "nf4" (the paper's) or "fp4"
+    double_quant: bool = True  # quantize the block absmax values again (QLoRA's double quantization)
+    compute_dtype: str = "auto"  # dtype of the 4-bit layers' matmuls: auto = float32 on CPU, bfloat16 on GPU
+    init_std: float = 0.02  # std of the Gaussian start of A (Eq. 1) and of P, Q (Eq. 5), as PEFT's AdaLoRA
+    extra: dict = field(default_factory=dict)  # free-form notes stored with the adapters (e.g. the model id)
+
+    def __post_init__(self):
+        if self.target_modules is not None:
+            if isinstance(self.target_modules, str):
+                self.target_modules = (self.target_modules,)
+            self.target_modules = tuple(self.target_modules)
+            if not self.target_modules:
+                raise ValueError("target_modules is empty: name at least one linear layer, or pass None for the default")
+        for name in ("r", "init_r", "target_r", "total_steps", "delta_t"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.init_r < self.target_r:
+            raise ValueError(
+                f"init_r={self.init_r} < target_r={self.target_r}: the budget can only fall; "
+                f"set init_r >= target_r (e.g. init_r={self.target_r + 4})"
+            )
+        for name in ("t_init", "t_final"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.t_init + self.t_final >= self.total_steps:
+            raise ValueError(
+                f"t_init + t_final = {self.t_init} + {self.t_final} >= total_steps = {self.total_steps}: "
+                "no step is left for the budget to fall; lower t_init/t_final or raise total_steps"
+            )
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not self.lora_alpha > 0:
+            raise ValueError(f"lora_alpha must be > 0, got {self.lora_alpha}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.orth_reg_weight < 0:
+            raise ValueError(f"orth_reg_weight (γ) must be >= 0, got {self.orth_reg_weight}")
+        if not self.init_std > 0:
+            raise ValueError(f"init_std must be > 0, got {self.init_std}")
+        if self.quant_type not in ("nf4", "fp4"):
+            raise ValueError(f"quant_type must be 'nf4' or 'fp4', got {self.quant_type!r}")
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {self.compute_dtype!r}")
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        if data["target_modules"] is not None:
+            data["target_modules"] = list(data["target_modules"])
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "AdaQConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown AdaQConfig field(s) {unknown}; valid fields: {sorted(known)}")
+        return cls(**data)
+
+
+def check_method(method: str) -> str:
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
+    return method

@@ -1,0 +1,86 @@
+"""The paper's methods as one call on any causal LM (book chapters 1, 3, 4 and 6).
+
+| method      | frozen base             | trainable                                | paper          |
+|-------------|-------------------------|------------------------------------------|----------------|
+| `base`      | everything              | nothing (the "GLM2" rows of Tables 1-2)  | Sec. 3         |
+| `full`      | nothing                 | every weight (small models only)         | Sec. 1         |
+| `lora`      | full precision          | B A on the target matrices               | Eq. 1          |
+| `qlora`     | 4-bit NF4, double quant | B A on the target matrices               | QLoRA          |
+| `adalora`   | full precision          | P Λ Q with the rank budget               | Eqs. 5-7       |
+| `adaq_lora` | 4-bit NF4, double quant | P Λ Q with the rank budget               | the paper's    |
+
+Kept apart as PEFT keeps its tuners: the layers live in `lora.py` and `svd_adapter.py`, the 4-bit storage in
+`quantize.py`; this module only decides which layer goes where.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import LORA_METHODS, QUANTIZED_METHODS, SVD_METHODS, AdaQConfig, check_method
+from .lora import AdapterLayer, LoraLinear
+from .models import default_target_modules, linear_leaf_names
+from .quantize import compute_dtype_for, quantize_model
+from .svd_adapter import SVDLinear
+
+ADAPTER_LAYERS = {**{m: LoraLinear for m in LORA_METHODS}, **{m: SVDLinear for m in SVD_METHODS}}
+
+
+def resolve_compute_dtype(config: AdaQConfig, device: torch.device) -> torch.dtype:
+    if config.compute_dtype == "auto":
+        return compute_dtype_for(device)
+    return getattr(torch, config.compute_dtype)
+
+
+def apply_method(model: nn.Module, method: str, config: AdaQConfig | None = None) -> nn.Module:
+    """Prepare `model` in place for fine-tuning with `method` and return it.
+
+    Seed torch before the call: the adapters' random starts come from torch's generator.
+    """
+    check_method(method)
+    config = config or AdaQConfig()
+    if getattr(model, "adaq_method", None) is not None:
+        raise ValueError(f"method {model.adaq_method!r} is already applied to this model; load a fresh one")
+    for param in model.parameters():
+        param.requires_grad_(method == "full")
+    if method in ADAPTER_LAYERS:
+        targets = config.target_modules or default_target_modules(model)
+        available = linear_leaf_names(model)
+        unknown = sorted(set(targets) - available)
+        if unknown:
+            raise ValueError(f"unknown target module(s) {unknown}; this model's linear layers are: {sorted(available)}")
+        if method in QUANTIZED_METHODS:
+            device = next(model.parameters()).device
+            quantize_model(model, quant_type=config.quant_type, double_quant=config.double_quant,
+                           compute_dtype=resolve_compute_dtype(config, device))
+        inject_adapters(model, ADAPTER_LAYERS[method], targets, config)
+    model.adaq_method = method
+    model.adaq_config = config
+    return model
+
+
+def inject_adapters(model: nn.Module, layer_class: type[AdapterLayer], targets, config: AdaQConfig) -> None:
+    """Replace every linear layer whose leaf name is in `targets` by `layer_class` wrapped around it."""
+    rank = config.init_r if layer_class is SVDLinear else config.r
+    chosen = [(name, module) for name, module in model.named_modules()
+              if name.rsplit(".", 1)[-1] in targets and isinstance(module, nn.Linear)]
+    for name, module in chosen:
+        parent_name, _, leaf = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        adapter = layer_class(module, rank, config.lora_alpha, config.lora_dropout, config.init_std)
+        device = next(module.parameters()).device
+        setattr(parent, leaf, adapter.to(device))
+
+
+def adapter_layers(model: nn.Module) -> dict[str, AdapterLayer]:
+    return {name: module for name, module in model.named_modules() if isinstance(module, AdapterLayer)}
+
+
+def trainable_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def set_merged(model: nn.Module, merged: bool) -> None:
+    """Merge every adapter into its base for inference (True), or take them out again (False)."""
+    for layer in adapter_layers(model).values():
+        layer.merge() if merged else layer.unmerge()

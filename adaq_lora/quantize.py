@@ -1,0 +1,170 @@
+"""Freezing a model's base in 4 bits with bitsandbytes (book chapter 4, "Quantization").
+
+ADAQ-LoRA trains adapters on a quantized frozen base (paper, abstract and Sec. 1; the storage
+format is QLoRA's NF4 with double quantization, written out by hand in `adaq_lora.nf4`). Here the
+real quantizer does the work: `quantize_model` swaps the `nn.Linear` layers of an in-memory model
+for `bitsandbytes.nn.Linear4bit`, which stores packed 4-bit codes and dequantizes them block by block
+in every forward pass. The layers stay differentiable with respect to their input, so gradients
+reach adapters placed before and after them. Also here: reading a layer's weight back as floats
+(for merging adapters and for the book's plots) and counting the bytes a quantized model holds.
+"""
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+BITSANDBYTES_PIN = "bitsandbytes==0.50.2"
+
+
+def import_bitsandbytes():
+    """The `bitsandbytes` module, or an ImportError that says how to install it."""
+    try:
+        import bitsandbytes
+    except ImportError as error:
+        raise ImportError(
+            f"4-bit quantization needs bitsandbytes: pip install {BITSANDBYTES_PIN}"
+        ) from error
+    return bitsandbytes
+
+
+def compute_dtype_for(device: torch.device | str) -> torch.dtype:
+    """The dtype 4-bit layers compute in: bfloat16 on CUDA, float32 elsewhere.
+
+    CPU kernels for bfloat16 matrix products are slow or missing on most CPUs, while on a GPU
+    bfloat16 halves activation memory at no loss that fine-tuning notices.
+    """
+    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+
+
+def _quantization_targets(
+    module: nn.Module, skip_modules: tuple[str, ...], prefix: str = ""
+) -> list[tuple[nn.Module, str, nn.Linear]]:
+    """(parent, attribute name, layer) for every float `nn.Linear` that `quantize_model` replaces."""
+    bnb = import_bitsandbytes()
+    targets = []
+    for name, child in module.named_children():
+        if hasattr(child, "base_layer"):
+            continue  # an adapter wraps this layer; its base is the adapter's business
+        if isinstance(child, nn.Linear) and not isinstance(child, bnb.nn.Linear4bit):
+            if name in skip_modules:
+                continue
+            if child.weight.is_meta:
+                raise ValueError(
+                    f"{prefix}{name} is on the meta device: load the model's real weights before quantizing"
+                )
+            targets.append((module, name, child))
+            continue
+        targets += _quantization_targets(child, skip_modules, f"{prefix}{name}.")
+    return targets
+
+
+def quantize_linear(
+    layer: nn.Linear, quant_type: str, double_quant: bool, compute_dtype: torch.dtype
+) -> nn.Module:
+    """A `bitsandbytes.nn.Linear4bit` holding `layer`'s weight in 4 bits and its bias as is."""
+    bnb = import_bitsandbytes()
+    quantized = bnb.nn.Linear4bit(
+        layer.in_features,
+        layer.out_features,
+        bias=False,
+        compute_dtype=compute_dtype,
+        compress_statistics=double_quant,
+        quant_type=quant_type,
+        device="meta",
+    )
+    weight = bnb.nn.Params4bit(
+        layer.weight.detach(),
+        requires_grad=False,
+        blocksize=64,
+        compress_statistics=double_quant,
+        quant_type=quant_type,
+        module=quantized,
+    )
+    # Moving an unquantized Params4bit to a device is what quantizes it (bitsandbytes' convention).
+    quantized.weight = weight.to(layer.weight.device)
+    quantized.bias = layer.bias
+    return quantized
+
+
+def quantize_model(
+    model: nn.Module,
+    quant_type: str = "nf4",
+    double_quant: bool = True,
+    compute_dtype: torch.dtype = torch.float32,
+    skip_modules: tuple[str, ...] = ("lm_head",),
+) -> nn.Module:
+    """Replace, in place, every `nn.Linear` of `model` with a 4-bit `Linear4bit`; return `model`.
+
+    Layers whose own name is in `skip_modules` stay as they are (the output head by default: it is
+    small next to the decoder and its errors go straight to the logits), and so does everything
+    inside an adapter layer (any module with a `base_layer`). Embeddings and norms are not
+    `nn.Linear` and keep their precision. The model is marked `is_loaded_in_4bit`, as transformers'
+    own 4-bit loader marks it, so that PEFT builds its 4-bit adapter layers around these ones.
+    """
+    targets = _quantization_targets(model, tuple(skip_modules))
+    for parent, name, layer in targets:
+        setattr(parent, name, quantize_linear(layer, quant_type, double_quant, compute_dtype))
+    model.is_loaded_in_4bit = True
+    return model
+
+
+def dequantized_weight(layer: nn.Module) -> torch.Tensor:
+    """The weight of an `nn.Linear` or a `Linear4bit` as a float tensor (a copy for the latter).
+
+    bitsandbytes repacks a `Linear4bit`'s weight into another layout the first time the layer runs
+    inference on a CPU with AVX512-BF16; that layout is read by undoing the repacking on copies.
+    """
+    bnb = import_bitsandbytes()
+    if isinstance(layer, bnb.nn.Linear4bit):
+        packed, state = layer.weight.data, layer.weight.quant_state
+        if getattr(state, "packing_format_for_cpu", False):
+            packed, state = bnb.functional._convert_weight_packed_for_cpu_inverse(
+                packed.clone(), copy.deepcopy(state)
+            )
+        return bnb.functional.dequantize_4bit(packed, state)
+    if isinstance(layer, nn.Linear):
+        return layer.weight.detach()
+    raise TypeError(f"expected nn.Linear or bitsandbytes Linear4bit, got {type(layer).__name__}")
+
+
+@dataclass(frozen=True)
+class StorageReport:
+    """What a model's parameters occupy: those held in 4 bits and all the others."""
+
+    quantized_parameters: int
+    quantized_bytes: int
+    """Packed codes plus every quantization constant (scales, offsets, level tables)."""
+    other_parameters: int
+    other_bytes: int
+
+    @property
+    def bits_per_quantized_parameter(self) -> float:
+        return 8 * self.quantized_bytes / self.quantized_parameters
+
+    @property
+    def total_bytes(self) -> int:
+        return self.quantized_bytes + self.other_bytes
+
+
+def _nbytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
+
+
+def storage_report(model: nn.Module) -> StorageReport:
+    """Count the bytes of `model`'s parameters, 4-bit weights with their quantization state."""
+    bnb = import_bitsandbytes()
+    quantized_parameters = quantized_bytes = other_parameters = other_bytes = 0
+    for parameter in model.parameters():
+        state = getattr(parameter, "quant_state", None)
+        if isinstance(parameter, bnb.nn.Params4bit) and state is not None:
+            quantized_parameters += state.shape.numel()
+            constants = [state.absmax, state.code]
+            if state.nested:
+                constants += [state.offset, state.state2.absmax, state.state2.code]
+            quantized_bytes += _nbytes(parameter) + sum(_nbytes(t) for t in constants)
+        else:
+            other_parameters += parameter.numel()
+            other_bytes += _nbytes(parameter)
+    return StorageReport(quantized_parameters, quantized_bytes, other_parameters, other_bytes)

@@ -1,0 +1,28 @@
+"""Shared fixtures: tiny random models that run in milliseconds, and offline hub access."""
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+TINY_LLAMA = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=128, max_position_embeddings=64)
+
+
+def make_tiny_llama(seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(**TINY_LLAMA)).eval()
+
+
+@pytest.fixture
+def tiny_llama():
+    return make_tiny_llama()
+
+
+@pytest.fixture
+def token_batch():
+    generator = torch.Generator().manual_seed(1)
+    input_ids = torch.randint(0, TINY_LLAMA["vocab_size"], (2, 12), generator=generator)
+    return {"input_ids": input_ids, "labels": input_ids.clone()}

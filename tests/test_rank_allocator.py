@@ -1,0 +1,114 @@
+"""Claims of Sec. 2.3: the cubic budget, one global top-b mask, masked triplets that return, a fixed final phase."""
+import pytest
+import torch
+
+from adaq_lora import AdaQConfig, RankAllocator, adapter_layers, apply_method
+from adaq_lora.rank_allocator import cubic_budget
+
+
+def test_cubic_budget_holds_at_its_ends_and_never_rises():
+    budgets = [cubic_budget(t, 120, 80, t_init=10, t_final=20, total_steps=100) for t in range(0, 101)]
+    assert budgets[0] == budgets[9] == 120
+    assert budgets[10] == 120  # progress 0: the fall starts from b_0
+    assert budgets[80] == budgets[100] == 80
+    assert all(later <= earlier for earlier, later in zip(budgets, budgets[1:]))
+    # halfway through the fall: b_T + (b_0 - b_T) * 0.5³ = 80 + 40 / 8
+    assert budgets[45] == 85
+
+
+def train_with_allocator(model, config, batch, steps):
+    allocator = RankAllocator(model, config)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate)
+    history = []
+    for _ in range(steps):
+        model(**batch).loss.backward()
+        optimizer.step()
+        budget = allocator.step()
+        optimizer.zero_grad(set_to_none=True)
+        history.append((allocator.global_step, budget, sum(l.active_rank for l in allocator.layers.values())))
+    return allocator, history
+
+
+def test_after_each_masking_step_the_unmasked_triplets_equal_the_budget(tiny_llama, token_batch):
+    config = AdaQConfig(init_r=6, target_r=2, t_init=2, t_final=3, total_steps=12, learning_rate=1e-2)
+    model = apply_method(tiny_llama, "adalora", config).train()
+    allocator, history = train_with_allocator(model, config, token_batch, steps=12)
+    n = len(allocator.layers)
+    assert allocator.initial_budget == 6 * n and allocator.target_budget == 2 * n
+    for step, budget, visible in history:
+        if step >= config.t_init:
+            assert visible == budget, (step, budget, visible)
+        else:
+            assert visible == 6 * n
+    assert history[-1][1] == 2 * n
+    assert sum(allocator.rank_pattern.values()) == 2 * n
+    ranks = set(allocator.rank_pattern.values())
+    assert min(ranks) >= 0 and max(ranks) <= 6
+
+
+def test_the_mask_is_fixed_in_the_final_phase(tiny_llama, token_batch):
+    config = AdaQConfig(init_r=4, target_r=2, t_init=1, t_final=4, total_steps=10, learning_rate=1e-2)
+    model = apply_method(tiny_llama, "adalora", config).train()
+    allocator, _ = train_with_allocator(model, config, token_batch, steps=6)
+    assert allocator.in_final_phase and allocator.rank_pattern is not None
+    masks = {n: l.triplet_mask.clone() for n, l in allocator.layers.items()}
+    pattern = dict(allocator.rank_pattern)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-2)
+    for _ in range(4):
+        model(**token_batch).loss.backward()
+        optimizer.step()
+        allocator.step()
+        optimizer.zero_grad()
+    assert allocator.rank_pattern == pattern
+    assert all(torch.equal(masks[n], l.triplet_mask) for n, l in allocator.layers.items())
+
+
+def test_a_masked_triplet_whose_score_rises_comes_back(tiny_llama, token_batch):
+    config = AdaQConfig(init_r=4, target_r=2, t_init=0, t_final=2, total_steps=20)
+    model = apply_method(tiny_llama, "adalora", config).train()
+    allocator = RankAllocator(model, config)
+    model(**token_batch).loss.backward()
+    allocator.update_importance()
+    budget = allocator.target_budget
+    allocator.mask_to_budget(budget)
+    name, layer = next(iter(allocator.layers.items()))
+    hidden = int(torch.nonzero(layer.triplet_mask.view(-1) == 0)[0])
+    top = max(s.max().item() for s in allocator.triplet_scores().values())
+    allocator.sensitivity[(name, "lora_E")][hidden] = 10.0 * (top + 1.0)
+    allocator.uncertainty[(name, "lora_E")][hidden] = 1.0
+    allocator.mask_to_budget(budget)
+    assert layer.triplet_mask[hidden].item() == 1.0
+    assert sum(l.active_rank for l in allocator.layers.values()) == budget
+
+
+def test_triplet_score_is_lambda_score_plus_mean_p_column_plus_mean_q_row(tiny_llama, token_batch):
+    config = AdaQConfig(init_r=4, target_r=2, t_init=0, t_final=2, total_steps=20)
+    model = apply_method(tiny_llama, "adalora", config).train()
+    with torch.no_grad():
+        for layer in adapter_layers(model).values():
+            layer.lora_E.normal_()
+    allocator = RankAllocator(model, config)
+    model(**token_batch).loss.backward()
+    allocator.update_importance()
+    name, layer = next(iter(allocator.layers.items()))
+    s = lambda p: ((1 - 0.85) * (getattr(layer, p) * getattr(layer, p).grad).abs()) * (
+        (1 - 0.85) * 0.85 * (getattr(layer, p) * getattr(layer, p).grad).abs())
+    expected = s("lora_E").view(-1) + s("lora_B").mean(dim=0) + s("lora_A").mean(dim=1)
+    assert torch.allclose(allocator.triplet_scores()[name], expected, rtol=1e-5)
+    assert expected.abs().sum() > 0
+
+
+def test_stepping_after_zero_grad_is_an_error_that_says_where_to_call_it(tiny_llama, token_batch):
+    config = AdaQConfig(init_r=4, target_r=2, t_init=0, t_final=2, total_steps=20)
+    model = apply_method(tiny_llama, "adalora", config)
+    allocator = RankAllocator(model, config)
+    with pytest.raises(RuntimeError, match="after optimizer.step"):
+        allocator.step()
+
+
+def test_allocator_needs_svd_adapters(tiny_llama):
+    model = apply_method(tiny_llama, "lora", AdaQConfig())
+    with pytest.raises(ValueError, match="adalora"):
+        RankAllocator(model, AdaQConfig())

@@ -11,9 +11,21 @@ TINY_LLAMA = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, nu
                   num_key_value_heads=2, vocab_size=128, max_position_embeddings=64)
 
 
-def make_tiny_llama(seed: int = 0) -> LlamaForCausalLM:
+def make_tiny_llama(seed: int = 0, vocab_size: int = TINY_LLAMA["vocab_size"]) -> LlamaForCausalLM:
     torch.manual_seed(seed)
-    return LlamaForCausalLM(LlamaConfig(**TINY_LLAMA)).eval()
+    return LlamaForCausalLM(LlamaConfig(**{**TINY_LLAMA, "vocab_size": vocab_size})).eval()
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer():
+    """The default model's real tokenizer (chat template included), without its weights."""
+    from transformers import AutoTokenizer
+
+    from adaq_lora.models import default_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(default_model_path())
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    return tokenizer
 
 
 @pytest.fixture

@@ -1,0 +1,107 @@
+"""Claims about the training loop: every method trains through it, a resumed run equals a straight one,
+a non-finite loss stops the run with its step named, and the same seed gives the same result."""
+import pytest
+import torch
+
+from adaq_lora import AdaQConfig
+from adaq_lora.evaluate import generate_answers
+from adaq_lora.train import TrainConfig, micro_batch_order, train
+from adaq_lora.tuning import all_methods, prepare
+from conftest import make_tiny_llama
+
+RECORDS = [
+    {"instruction": f"计算 {a} 加 {b}", "input": "", "output": f"{a}+{b}={a + b}。答：{a + b}。"}
+    for a, b in [(3, 4), (12, 30), (7, 8), (21, 5), (9, 9), (40, 2)]
+]
+
+
+def run(method, tokenizer, steps=2, checkpoint_dir=None, checkpoint_every=0, seed=0, max_steps=None, **config):
+    torch.manual_seed(seed)
+    model = make_tiny_llama(vocab_size=len(tokenizer))
+    settings = dict(r=4, init_r=4, target_r=2, t_init=1, t_final=1, total_steps=max_steps or steps,
+                    learning_rate=1e-2) | config
+    tuner = prepare(model, method, AdaQConfig(**settings))
+    train_config = TrainConfig(max_steps=steps, max_length=48, checkpoint_every=checkpoint_every, seed=seed,
+                               progress=False)
+    result = train(tuner, tokenizer, RECORDS, train_config, checkpoint_dir=checkpoint_dir)
+    return tuner, result
+
+
+def trainable(tuner):
+    return {n: p.detach().clone() for n, p in tuner.model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("method", [m for m in all_methods() if m != "base"])
+def test_every_method_and_peer_runs_two_steps_and_changes_its_trainable_weights(method, smol_tokenizer):
+    # total_steps=3: PEFT's AdaLoRA fails (KeyError) if its final phase starts at step 1, before any score exists
+    torch.manual_seed(0)
+    tuner = prepare(make_tiny_llama(vocab_size=len(smol_tokenizer)), method,
+                    AdaQConfig(r=4, init_r=4, target_r=2, t_init=0, t_final=1, total_steps=3, learning_rate=1e-2))
+    before = trainable(tuner)
+    result = train(tuner, smol_tokenizer, RECORDS, TrainConfig(max_steps=2, max_length=48, progress=False))
+    assert len(result.losses) == 2 and all(torch.isfinite(torch.tensor(result.losses)))
+    assert result.tokens > 0
+    changed = sum(not torch.equal(before[n], p) for n, p in trainable(tuner).items())
+    assert changed > 0
+
+
+def test_base_method_has_nothing_to_train(smol_tokenizer):
+    tuner = prepare(make_tiny_llama(vocab_size=len(smol_tokenizer)), "base")
+    with pytest.raises(ValueError, match="nothing to train"):
+        train(tuner, smol_tokenizer, RECORDS, TrainConfig(max_steps=1, progress=False))
+
+
+@pytest.mark.parametrize("method", ["adaq_lora", "lora"])
+def test_a_run_killed_and_resumed_ends_with_the_same_adapters_as_a_straight_run(method, smol_tokenizer, tmp_path):
+    straight, straight_result = run(method, smol_tokenizer, steps=6, lora_dropout=0.1)
+    run(method, smol_tokenizer, steps=3, checkpoint_dir=tmp_path, checkpoint_every=3, max_steps=6, lora_dropout=0.1)
+    resumed, resumed_result = run(method, smol_tokenizer, steps=6, checkpoint_dir=tmp_path, checkpoint_every=3,
+                                  lora_dropout=0.1)
+    assert resumed_result.losses == straight_result.losses
+    for name, tensor in trainable(straight).items():
+        assert torch.equal(tensor, trainable(resumed)[name]), name
+
+
+def test_the_same_seed_gives_the_same_losses_and_another_seed_does_not(smol_tokenizer):
+    first = run("adalora", smol_tokenizer, steps=3)[1].losses
+    assert run("adalora", smol_tokenizer, steps=3)[1].losses == first
+    assert run("adalora", smol_tokenizer, steps=3, seed=1)[1].losses != first
+
+
+def test_a_non_finite_loss_stops_the_run_naming_its_step(smol_tokenizer, tmp_path):
+    torch.manual_seed(0)
+    tuner = prepare(make_tiny_llama(vocab_size=len(smol_tokenizer)), "lora", AdaQConfig(r=4))
+    calls = {"n": 0}
+    real_regularizer = tuner.regularizer
+
+    def poisoned():
+        calls["n"] += 1
+        return torch.tensor(float("nan")) if calls["n"] == 3 else real_regularizer()
+
+    tuner.regularizer = poisoned
+    config = TrainConfig(max_steps=5, max_length=48, checkpoint_every=2, progress=False)
+    with pytest.raises(FloatingPointError, match="at step 3 .*stays usable"):
+        train(tuner, smol_tokenizer, RECORDS, config, checkpoint_dir=tmp_path)
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] == 2
+
+
+def test_the_rank_budget_falls_to_its_target_during_training(smol_tokenizer):
+    tuner, result = run("adaq_lora", smol_tokenizer, steps=5, t_init=1, t_final=2)
+    n = len(tuner.allocator.layers)
+    assert result.budgets[0] == 4 * n and result.budgets[-1] == 2 * n
+    assert sum(tuner.rank_pattern().values()) == 2 * n
+
+
+def test_every_example_is_seen_once_per_epoch_in_a_seeded_order():
+    epoch = [i for step in range(6) for i in micro_batch_order(6, 1, seed=0, micro_step=step)]
+    assert sorted(epoch) == list(range(6))
+    next_epoch = [i for step in range(6, 12) for i in micro_batch_order(6, 1, seed=0, micro_step=step)]
+    assert sorted(next_epoch) == list(range(6)) and next_epoch != epoch
+
+
+def test_batched_greedy_answers_equal_one_by_one_answers(smol_tokenizer):
+    model = make_tiny_llama(vocab_size=len(smol_tokenizer))
+    batched = generate_answers(model, smol_tokenizer, RECORDS[:3], max_new_tokens=5, batch_size=3, progress=False)
+    single = [generate_answers(model, smol_tokenizer, [r], max_new_tokens=5, batch_size=1, progress=False)[0]
+              for r in RECORDS[:3]]
+    assert batched == single and all(isinstance(a, str) for a in batched)

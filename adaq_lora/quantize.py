@@ -9,7 +9,6 @@ reach adapters placed before and after them. Also here: reading a layer's weight
 (for merging adapters and for the book's plots) and counting the bytes a quantized model holds.
 """
 
-import copy
 from dataclasses import dataclass
 
 import torch
@@ -32,8 +31,8 @@ def import_bitsandbytes():
 def compute_dtype_for(device: torch.device | str) -> torch.dtype:
     """The dtype 4-bit layers compute in: bfloat16 on CUDA, float32 elsewhere.
 
-    CPU kernels for bfloat16 matrix products are slow or missing on most CPUs, while on a GPU
-    bfloat16 halves activation memory at no loss that fine-tuning notices.
+    CPU kernels for bfloat16 matrix products are slow or missing on most CPUs; on a GPU, bfloat16
+    halves activation memory and runs on the tensor cores, as QLoRA computes.
     """
     return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
 
@@ -110,19 +109,33 @@ def quantize_model(
     return model
 
 
-def dequantized_weight(layer: nn.Module) -> torch.Tensor:
-    """The weight of an `nn.Linear` or a `Linear4bit` as a float tensor (a copy for the latter).
+def _read_cpu_bf16_layout(packed: torch.Tensor, state) -> torch.Tensor:
+    """A weight in the layout of bitsandbytes' AVX512-BF16 CPU kernel, as that kernel reads it.
 
-    bitsandbytes repacks a `Linear4bit`'s weight into another layout the first time the layer runs
-    inference on a CPU with AVX512-BF16; that layout is read by undoing the repacking on copies.
+    Each run of 32 bytes holds two neighbouring columns of 32 consecutive rows: the codes of the
+    first 32 (row, column) pairs in the low nibbles, the next 32 in the high ones. The scales are
+    bfloat16, stored transposed as [in_features / blocksize, out_features].
+    """
+    rows, half_columns = packed.shape
+    runs = packed.reshape(-1, 32)
+    codes = torch.cat([runs & 0x0F, runs >> 4], dim=1)
+    codes = codes.reshape(rows // 32, half_columns, 32, 2).transpose(1, 2).reshape(rows, 2 * half_columns)
+    levels = import_bitsandbytes().functional.get_4bit_type(state.quant_type, device=packed.device)
+    scales = state.absmax.T.float().repeat_interleave(state.blocksize, dim=1)
+    return (levels[codes.long()] * scales).to(state.original_dtype)
+
+
+def dequantized_weight(layer: nn.Module) -> torch.Tensor:
+    """The weight of an `nn.Linear` or a `Linear4bit` as a float tensor (a new one for the latter).
+
+    A `Linear4bit` repacks its weight the first time it runs inference on a CPU with AVX512-BF16;
+    that layout is read as it stands, without undoing the repacking.
     """
     bnb = import_bitsandbytes()
     if isinstance(layer, bnb.nn.Linear4bit):
         packed, state = layer.weight.data, layer.weight.quant_state
         if getattr(state, "packing_format_for_cpu", False):
-            packed, state = bnb.functional._convert_weight_packed_for_cpu_inverse(
-                packed.clone(), copy.deepcopy(state)
-            )
+            return _read_cpu_bf16_layout(packed, state)
         return bnb.functional.dequantize_4bit(packed, state)
     if isinstance(layer, nn.Linear):
         return layer.weight.detach()

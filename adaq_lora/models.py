@@ -63,11 +63,11 @@ def default_model_path() -> Path:
 
     gguf = default_gguf_path()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, torch_dtype=torch.float32)
+    gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # save_pretrained refuses a GGUF-loaded model: rebuild a plain one with the same weights.
     config = gguf_model.config
     config.quantization_config = None
-    model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(gguf_model.state_dict())
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{DEFAULT_MODEL}-"))
@@ -99,7 +99,7 @@ def load_model(name: str | None = None, *, dtype: torch.dtype = torch.float32, d
     source = default_model_path() if name is None else name
     if name is not None and name.startswith("THUDM/chatglm"):
         trust_remote_code = True
-    kwargs = dict(torch_dtype=dtype, trust_remote_code=trust_remote_code)
+    kwargs = dict(dtype=dtype, trust_remote_code=trust_remote_code)
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
     if device is not None:

@@ -1,0 +1,274 @@
+"""One cell of the paper's grid: one method fine-tuned and scored on one data set (Sec. 3, Tables 1-2; chapter 8).
+
+`run_experiment(method, dataset, profile, out_dir=...)` loads the model and the records, splits them 80/20 with
+a fixed seed (the same test set for every method and every run seed), keeps the profile's subsets, seeds torch
+with the run's seed before the adapters are drawn, trains with the recipe of Sec. 3, answers the test prompts
+greedily, scores them (ROUGE-1/2/L and BLEU-4 with 95% bootstrap intervals) and measures training memory. It
+writes into `out_dir`:
+
+- `predictions.jsonl`: prompt, reference, prediction and the example's scores, one test example per line;
+- `adapters/`: our adapters and their PEFT export (`peft.PeftModel.from_pretrained` loads it), not for base/full;
+- `result.json`: everything the tables and the book's plots read, written last and atomically, so a run that
+  dies leaves no result that looks complete; the grid resumes by skipping cells whose result is there.
+
+A run with `checkpoint_every` set resumes training from its last checkpoint. Memory is the peak of one training step
+on the run's longest batch (`memory.measure_training_memory`), with its breakdown. `base` is not trained: its memory
+is that of the forward pass and the loss on the same batch, the paper's base rows' only possible meaning.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from .config import QUANTIZED_METHODS, AdaQConfig
+from .data import build_example, collate_examples, load_records, prompt_text, split_records
+from .evaluate import generate_answers
+from .methods import trainable_parameters
+from .metrics import METRIC_NAMES, bootstrap_intervals, per_example_scores
+from .models import DEFAULT_MODEL, load_model
+from .memory import MemoryBreakdown, measure_training_memory
+from .profiles import Profile, load_profile
+from .saving import write_json_atomic
+from .train import TrainConfig, steps_for, train
+from .tuning import Tuner, all_methods, prepare
+
+RESULT_FILE = "result.json"
+PREDICTIONS_FILE = "predictions.jsonl"
+ADAPTERS_DIR = "adapters"
+CHECKPOINT_DIR = "checkpoint"
+RUN_FILE = "run.json"  # what the folder's run is, written first, so a resumed checkpoint is known to fit
+SPLIT_SEED = 0  # the 80/20 split is the same whatever the run's seed: every method meets the same test set
+TEST_FRACTION = 0.2  # Sec. 3: 80% training, 20% test
+FOUR_BIT_METHODS = QUANTIZED_METHODS + ("peft-qlora", "peft-adalora")
+UNTRAINED_METHODS = ("base",)
+VERSIONED_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "adaq-lora")
+RESULT_KEYS = (
+    "method", "dataset", "model", "profile", "settings", "seed", "n_train", "n_test", "total_steps",
+    *METRIC_NAMES, "intervals", "memory_mb", "memory_breakdown", "memory_measured",
+    "train_seconds", "median_step_seconds", "tokens_per_second", "eval_seconds", "wall_seconds",
+    "trainable_parameters", "rank_pattern", "losses", "budgets", "versions", "finished_at",
+)
+
+
+@dataclass
+class Experiment:
+    """A validated cell of the grid with its records loaded: everything that can be refused is checked here."""
+
+    method: str  # one of tuning.all_methods()
+    dataset: str  # a stand-in name, a hub id or a JSON / JSONL path, as given
+    profile: Profile  # the run's settings, overrides applied
+    seed: int  # seeds the adapters' start, dropout and the batch order (not the split)
+    train_records: list[dict]  # the training subset
+    test_records: list[dict]  # the test subset
+
+    @property
+    def model_name(self) -> str:
+        return self.profile.model or DEFAULT_MODEL
+
+    @property
+    def total_steps(self) -> int:
+        p = self.profile
+        return steps_for(len(self.train_records), p.epochs, p.batch_size, p.grad_accum)
+
+    def identity(self) -> dict:
+        """What makes two runs the same run: a folder holding another one is not resumed or skipped."""
+        return {"method": self.method, "dataset": self.dataset, "model": self.model_name,
+                "profile": self.profile.name, "settings": self.profile.to_dict(), "seed": self.seed}
+
+    def adaq_config(self) -> AdaQConfig:
+        p, total = self.profile, self.total_steps
+        return AdaQConfig(r=p.r, lora_alpha=p.lora_alpha, lora_dropout=p.lora_dropout, init_r=p.init_r,
+                          target_r=p.target_r, t_init=int(p.t_init_fraction * total),
+                          t_final=int(p.t_final_fraction * total), delta_t=p.delta_t,
+                          orth_reg_weight=p.orth_reg_weight, total_steps=total, learning_rate=p.learning_rate,
+                          compute_dtype=p.compute_dtype, extra={"model": self.model_name, "dataset": self.dataset})
+
+    def train_config(self, progress: bool) -> TrainConfig:
+        p = self.profile
+        return TrainConfig(max_steps=self.total_steps, batch_size=p.batch_size, grad_accum=p.grad_accum,
+                           max_length=p.max_length, max_grad_norm=p.max_grad_norm, optimizer=p.optimizer,
+                           gradient_checkpointing=p.gradient_checkpointing, checkpoint_every=p.checkpoint_every,
+                           seed=self.seed, progress=progress)
+
+
+def plan_experiment(method: str, dataset: str, profile: str, seed: int = 0, overrides: dict | None = None) -> Experiment:
+    """Check the arguments (ValueError naming the valid choices) and load the records, before any model is loaded."""
+    methods = all_methods()
+    if method not in methods:
+        raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(methods)}")
+    settings = load_profile(profile, overrides)
+    if settings.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"profile {profile!r} needs a CUDA GPU and torch sees none (torch {torch.__version__}); "
+                         "use profile 'ci' or 'cpu' on this machine")
+    train_records, test_records = split_records(load_records(dataset), TEST_FRACTION, seed=SPLIT_SEED)
+    experiment = Experiment(method, dataset, settings, seed, _subset(train_records, settings.train_size, "train", dataset),
+                            _subset(test_records, settings.test_size, "test", dataset))
+    experiment.adaq_config()  # refuses a schedule with no step left for the budget to fall
+    return experiment
+
+
+def run_experiment(method: str, dataset: str, profile: str, *, out_dir: str | Path, seed: int = 0,
+                   overrides: dict | None = None, force: bool = False, progress: bool = True) -> dict:
+    """Run one cell and return its result, or return the complete result already in `out_dir` (unless `force`)."""
+    return execute(plan_experiment(method, dataset, profile, seed, overrides), out_dir, force=force, progress=progress)
+
+
+def execute(experiment: Experiment, out_dir: str | Path, force: bool = False, progress: bool = True) -> dict:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    identity = experiment.identity()
+    previous = read_json(out_dir / RUN_FILE)
+    if previous is not None and previous != identity and not force:
+        raise ValueError(f"{out_dir} holds another run ({_difference(previous, identity)}); "
+                         "choose another folder, or pass force=True (--force) to replace it")
+    if force or previous != identity:  # a fresh start: nothing of an earlier run is resumed or returned
+        shutil.rmtree(out_dir / CHECKPOINT_DIR, ignore_errors=True)
+        (out_dir / RESULT_FILE).unlink(missing_ok=True)
+    elif (existing := load_result(out_dir)) is not None:
+        return existing
+    write_json_atomic(out_dir / RUN_FILE, identity)
+
+    began = time.perf_counter()
+    model, tokenizer = _load_model(experiment)
+    torch.manual_seed(experiment.seed)
+    tuner = prepare(model, experiment.method, experiment.adaq_config())
+    training = None
+    if experiment.method not in UNTRAINED_METHODS:
+        training = train(tuner, tokenizer, experiment.train_records, experiment.train_config(progress),
+                         checkpoint_dir=out_dir / CHECKPOINT_DIR)
+        if experiment.method != "full":  # a full fine-tune has no adapters: its weights are the whole model
+            tuner.save(out_dir / ADAPTERS_DIR)
+    memory = _measure_memory(experiment, tuner, tokenizer)
+    eval_began = time.perf_counter()
+    predictions = generate_answers(tuner.model, tokenizer, experiment.test_records, experiment.profile.max_new_tokens,
+                                   experiment.profile.eval_batch_size, progress=progress)
+    eval_seconds = time.perf_counter() - eval_began
+    references = [record["output"] for record in experiment.test_records]
+    per_example = per_example_scores(predictions, references, lang="zh")
+    _write_predictions(out_dir / PREDICTIONS_FILE, experiment.test_records, predictions, per_example)
+    intervals = bootstrap_intervals(per_example, n_resamples=experiment.profile.bootstrap_resamples, seed=0)
+
+    result = {
+        **identity,
+        "n_train": len(experiment.train_records), "n_test": len(experiment.test_records),
+        "total_steps": experiment.total_steps if training else 0,
+        **{name: statistics.fmean(per_example[name]) for name in METRIC_NAMES},
+        "intervals": {name: list(intervals[name]) for name in METRIC_NAMES},
+        **memory,
+        "train_seconds": training.train_seconds if training else None,
+        "median_step_seconds": training.median_step_seconds if training else None,
+        "tokens_per_second": training.tokens_per_second if training else None,
+        "eval_seconds": eval_seconds,
+        "wall_seconds": time.perf_counter() - began,
+        "trainable_parameters": trainable_parameters(tuner.model),
+        "rank_pattern": tuner.rank_pattern(),
+        "losses": training.losses if training else [],
+        "budgets": training.budgets if training else [],
+        "versions": package_versions(),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_json_atomic(out_dir / RESULT_FILE, result)
+    shutil.rmtree(out_dir / CHECKPOINT_DIR, ignore_errors=True)  # the result is complete: nothing left to resume
+    return result
+
+
+def load_result(out_dir: str | Path) -> dict | None:
+    """The result in `out_dir` if it is complete (every key of RESULT_KEYS), else None."""
+    result = read_json(Path(out_dir) / RESULT_FILE)
+    if result is None or not set(RESULT_KEYS) <= set(result):
+        return None
+    return result
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def package_versions() -> dict[str, str | None]:
+    versions = {}
+    for package in VERSIONED_PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions
+
+
+def _subset(records: list[dict], size: int | None, split: str, dataset: str) -> list[dict]:
+    if size is not None and size > len(records):
+        raise ValueError(f"{split}_size={size} but the {split} split of {dataset!r} holds {len(records)} records; "
+                         f"set {split}_size to at most {len(records)}, or null for all")
+    return records if size is None else records[:size]
+
+
+def _difference(previous: dict, identity: dict) -> str:
+    def changes(old: dict, new: dict) -> list[str]:
+        return [f"{key}: {old.get(key)!r} there, {new[key]!r} asked" for key in new if old.get(key) != new[key]]
+
+    top = {key: value for key, value in identity.items() if key != "settings"}
+    return "; ".join(changes(previous, top) + changes(previous.get("settings") or {}, identity["settings"]))
+
+
+def _load_model(experiment: Experiment):
+    """The base model: float on the CPU profiles (`prepare` quantizes), 4-bit at load time where the profile says so."""
+    p = experiment.profile
+    dtype = torch.float32 if p.compute_dtype == "auto" else getattr(torch, p.compute_dtype)
+    quantization_config = None
+    if p.quantize_on_load and experiment.method in FOUR_BIT_METHODS:
+        from transformers import BitsAndBytesConfig
+
+        quantization_config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                 bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
+    return load_model(p.model, dtype=dtype, device="cuda" if p.device == "cuda" else None,
+                      quantization_config=quantization_config)
+
+
+def _measure_memory(experiment: Experiment, tuner: Tuner, tokenizer) -> dict:
+    """Peak memory of one training step on the run's longest batch (`base`: its forward pass and loss).
+
+    Measured after training and saving: the measurement's own steps (learning rate 0) feed the rank allocator's
+    importance EMAs, which must not differ from an unmeasured run while the budget is still moving.
+    """
+    p = experiment.profile
+    examples = sorted((build_example(record, tokenizer, p.max_length) for record in experiment.train_records),
+                      key=lambda example: len(example["input_ids"]), reverse=True)[: p.batch_size]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    batch = collate_examples(examples, pad_id)
+    breakdown = tuner_memory(tuner, batch, p.max_grad_norm)
+    shape = "×".join(str(size) for size in batch["input_ids"].shape)
+    what = ("a forward pass and the loss (base trains nothing)" if experiment.method in UNTRAINED_METHODS
+            else "one training step (forward, backward, clipping, paged AdamW)")
+    return {"memory_mb": breakdown.total_mb, "memory_breakdown": breakdown.as_dict(),
+            "memory_measured": f"{what} on the longest training batch, {shape} tokens"}
+
+
+def tuner_memory(tuner: Tuner, batch: dict, max_grad_norm: float) -> MemoryBreakdown:
+    """`memory.measure_training_memory` of a prepared method, ours or a PEFT peer, with its own loss terms."""
+    # Eq. 6's term is ours to add for our SVD methods; PEFT's AdaLoRA adds its own inside the forward pass.
+    orth_reg_weight = tuner.config.orth_reg_weight if tuner.allocator is not None else 0.0
+    return measure_training_memory(tuner.model, batch, orth_reg_weight=orth_reg_weight, max_grad_norm=max_grad_norm,
+                                   allocator=tuner.allocator)
+
+
+def _write_predictions(path: Path, records: list[dict], predictions: list[str], per_example: dict) -> None:
+    handle, staging = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(handle, "w", encoding="utf-8") as file:
+        for index, (record, prediction) in enumerate(zip(records, predictions)):
+            line = {"prompt": prompt_text(record), "reference": record["output"], "prediction": prediction,
+                    "scores": {name: per_example[name][index] for name in METRIC_NAMES}}
+            file.write(json.dumps(line, ensure_ascii=False) + "\n")
+    os.replace(staging, path)

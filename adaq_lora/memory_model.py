@@ -1,0 +1,305 @@
+"""The peak memory of one training step, predicted from a model's configuration (paper Tables 1-2; book chapter 8).
+
+The same step and categories as `adaq_lora.memory` measures. Notation: N = batch × sequence tokens, T the
+sequence, L layers, hidden h, FFN width f, vocabulary V, n_h query heads and n_kv key/value heads of width d,
+c bytes per activation element (4 float32, 2 bfloat16), w bytes per full-precision weight, r the adapter rank
+(init_r for SVD adapters: masking a triplet frees nothing).
+
+Static, the same at every instant:
+  quantized weights  each decoder linear of n weights in NF4: n/2 bytes of codes and a 16-entry float32 code,
+                     plus per 64-weight block a float32 absmax (4 bytes), or with double quantization a uint8
+                     absmax (1 byte), a float32 scale per 256 blocks, a 256-entry float32 table and an offset
+  full precision     embeddings, the output head if untied, norms and biases (× w); the decoder linears too when
+                     they are not quantized. The output head is never quantized.
+  adapters           LoRA r·(in + out), SVD adapters r·(in + out + 1) per adapted matrix, always float32
+  optimizer state    AdamW's two moments, float32: 2 × trainable × 4
+  other              the batch (three int64 N-tensors), the SVD triplet masks, and for SVD methods the rank
+                     allocator's two importance EMAs per adapter weight (2 × adapters)
+Dynamic: the tensors the step makes, at the largest of three candidate peaks. (The `base` method trains nothing:
+its peak is the end of its forward pass: the logits N·V·c, their float32 copy when c ≠ 4, the log-softmax N·V·4
+and the last hidden state N·h·c.)
+  A. The start of backward: every tensor saved for backward (below) and the loss's three float32 N × V tensors —
+     the log-softmax output and the two gradients backward makes first: 3·N·V·4. For SVD methods with γ > 0 the
+     regularizer's backward runs first, so P and Q already hold float32 gradients.
+  B. For a 4-bit base, inside a 4-bit layer: the saved tensors and that layer's weight de-quantized to c for its
+     matmul (the largest decoder matrix). It wins only where the vocabulary is small next to the layers.
+  C. The optimizer step: every gradient (trainable × its dtype) and the update's temporaries, counted as optimizer
+     state: bitsandbytes' CPU update makes three float32 tensors the size of the parameter it updates (four for
+     a parameter that is not float32), so the largest parameter sets them; its CUDA kernel is fused and makes none.
+Saved for backward, per layer and token:
+  norms (2)        the input in float32 (h·4) and 1/rms (4); ChatGLM's norm also keeps its input in c when c ≠ 4;
+                   full fine-tuning also the normalized input before the weight (h·c)
+  linear inputs    for each tensor read by linears (attention in, attention out, MLP in, MLP act): full
+                   fine-tuning keeps it (width·c); each adapter reading it keeps its dropout output in float32
+                   (width·4) and the dropout mask (width·c) — without dropout, x itself (once per tensor, c = 4)
+                   or its own float32 copy (c ≠ 4) — and x·Aᵀ (r·4). An SVD adapter also keeps Q·diag(λ),
+                   r·in·4 per matrix (not per token).
+  attention        sdpa: q, k, v as the kernel gets them and its output (each width·c), and the log-sum-exp
+                   (n_h·4); Llama passes k, v at n_kv·d, ChatGLM expands them to n_h·d. Eager: q, and k, v
+                   repeated to n_h·d, and the softmax probabilities n_h·T·4 (and n_h·T·c when c ≠ 4).
+  MLP              the gate and up outputs and SiLU(gate): 3·f·c (ChatGLM: its fused 2f output and the SiLU)
+  after the last layer, the final norm (full fine-tuning: also its output, read by the trainable head)
+Left out as small: the rotary tables, r-sized vectors, library workspaces, and the first layer's attention
+input, which needs no gradient when the base is frozen (its norm input and dropout masks are not kept): together
+under 1% of the default model's peak. The constants were derived from the modelling code of transformers' Llama
+and ChatGLM2, then checked tensor by tensor against the measured timeline; tests/test_memory.py compares the two.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import LORA_METHODS, QUANTIZED_METHODS, SVD_METHODS, AdaQConfig, check_method
+from .memory import CATEGORIES, MemoryBreakdown
+from .models import DEFAULT_TARGET_MODULES
+
+CHATGLM2_6B_CONFIG = Path(__file__).resolve().parent.parent / "data" / "chatglm2-6b.json"
+FIELDS = {  # our name -> the configuration's name, per layout
+    "llama": dict(num_layers="num_hidden_layers", hidden_size="hidden_size", intermediate_size="intermediate_size",
+                  num_heads="num_attention_heads", num_kv_heads="num_key_value_heads", vocab_size="vocab_size",
+                  tied_embeddings="tie_word_embeddings"),
+    "chatglm": dict(num_layers="num_layers", hidden_size="hidden_size", intermediate_size="ffn_hidden_size",
+                    num_heads="num_attention_heads", num_kv_heads="multi_query_group_num", head_dim="kv_channels",
+                    vocab_size="padded_vocab_size", tied_embeddings="tie_word_embeddings"),
+}
+ATTENTION_KERNELS = ("sdpa", "flash_attention_2", "eager")
+NF4_BLOCK, NESTED_BLOCK = 64, 256  # weights per absmax; absmax values per second-level scale (double quant)
+
+
+@dataclass
+class ModelShape:
+    model_type: str  # the configuration's model_type ("llama", "chatglm", ...)
+    layout: str  # "chatglm", or "llama" for every decoder laid out as Llama (SmolLM, Qwen2, Mistral)
+    num_layers: int  # decoder layers L
+    hidden_size: int  # h
+    intermediate_size: int  # f, the FFN width
+    num_heads: int  # query heads n_h
+    num_kv_heads: int  # key/value heads n_kv (ChatGLM's multi-query groups)
+    head_dim: int  # d
+    vocab_size: int  # V
+    tied_embeddings: bool  # the output head shares the input embedding's weight
+    attention_bias: bool  # the attention projections carry biases (ChatGLM: add_qkv_bias, on query_key_value)
+    attention: str  # the attention kernel: sdpa, flash_attention_2 or eager
+
+    @classmethod
+    def from_config(cls, config, attention: str | None = None) -> "ModelShape":
+        """From a transformers config or a dict with the fields of FIELDS (ChatGLM's own names for ChatGLM)."""
+        def read(name, default=None):
+            return config.get(name, default) if isinstance(config, dict) else getattr(config, name, default)
+
+        model_type = read("model_type") or "llama"
+        layout = "chatglm" if model_type == "chatglm" else "llama"
+        missing = [name for name in FIELDS[layout].values() if read(name) is None]
+        if missing:
+            raise ValueError(f"the model config lacks {missing}; a {layout}-layout config needs "
+                             f"{sorted(FIELDS[layout].values())}")
+        values = {ours: read(theirs) for ours, theirs in FIELDS[layout].items()}
+        values.setdefault("head_dim", read("head_dim") or values["hidden_size"] // values["num_heads"])
+        attention = attention or read("_attn_implementation") or read("attn_implementation") or "sdpa"
+        if attention not in ATTENTION_KERNELS or (layout == "chatglm" and attention == "eager"):
+            raise ValueError(f"attention implementation {attention!r} is not modelled; use one of {ATTENTION_KERNELS} "
+                             "(ChatGLM: sdpa)")
+        attention_bias = bool(read("add_qkv_bias" if layout == "chatglm" else "attention_bias", False))
+        return cls(model_type, layout, attention=attention, attention_bias=attention_bias, **values)
+
+    def linears(self) -> dict[str, tuple[int, int]]:
+        """(in, out) of each linear layer of one decoder layer, by leaf name."""
+        h, f, q, kv = self.hidden_size, self.intermediate_size, self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        if self.layout == "chatglm":
+            return {"query_key_value": (h, q + 2 * kv), "dense": (q, h), "dense_h_to_4h": (h, 2 * f),
+                    "dense_4h_to_h": (f, h)}
+        return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h), "gate_proj": (h, f),
+                "up_proj": (h, f), "down_proj": (f, h)}
+
+    def input_groups(self) -> list[tuple[str, ...]]:
+        """The linears of a layer that read the same tensor: attention in, attention out, MLP in, MLP act."""
+        if self.layout == "chatglm":
+            return [("query_key_value",), ("dense",), ("dense_h_to_4h",), ("dense_4h_to_h",)]
+        return [("q_proj", "k_proj", "v_proj"), ("o_proj",), ("gate_proj", "up_proj"), ("down_proj",)]
+
+    def bias_size(self) -> int:
+        """Bias weights per layer: the attention projections' where the config has them."""
+        if not self.attention_bias:
+            return 0
+        if self.layout == "chatglm":
+            return self.linears()["query_key_value"][1]
+        return sum(self.linears()[name][1] for name in ("q_proj", "k_proj", "v_proj", "o_proj"))
+
+    def embedding_parameters(self) -> int:
+        """The input embedding, and the output head when it has its own weight."""
+        return self.vocab_size * self.hidden_size * (1 if self.tied_embeddings else 2)
+
+    def parameter_count(self) -> int:
+        per_layer = sum(i * o for i, o in self.linears().values()) + self.bias_size() + 2 * self.hidden_size
+        return self.num_layers * per_layer + self.hidden_size + self.embedding_parameters()
+
+
+def dtype_bytes(dtype: torch.dtype | str) -> int:
+    if isinstance(dtype, str):
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise ValueError(f"unknown dtype {dtype!r}; use e.g. 'float32' or 'bfloat16'")
+        dtype = getattr(torch, dtype)
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def nf4_bytes(numel: int, double_quant: bool) -> int:
+    """Bytes of one matrix in bitsandbytes' 4-bit storage: packed codes, the 16-entry code and the block scales."""
+    blocks = math.ceil(numel / NF4_BLOCK)
+    codes = math.ceil(numel / 2) + 16 * 4
+    if not double_quant:
+        return codes + 4 * blocks
+    return codes + blocks + 4 * math.ceil(blocks / NESTED_BLOCK) + 256 * 4 + 4  # uint8 absmax, scales, table, offset
+
+
+def adapted_linears(shape: ModelShape, method: str, config: AdaQConfig) -> tuple[str, ...]:
+    """The leaf names the method puts adapters on (none for base and full)."""
+    if method not in LORA_METHODS + SVD_METHODS:
+        return ()
+    layout_default = DEFAULT_TARGET_MODULES[shape.layout]
+    targets = config.target_modules or DEFAULT_TARGET_MODULES.get(shape.model_type, layout_default)
+    unknown = sorted(set(targets) - set(shape.linears()))
+    if unknown:
+        raise ValueError(f"unknown target module(s) {unknown}; this model's linear layers are {sorted(shape.linears())}")
+    return tuple(name for name in shape.linears() if name in targets)
+
+
+def saved_per_layer_token(shape: ModelShape, method: str, adapted, rank: int, dropout: float, c: int, seq_len: int) -> int:
+    """Bytes saved for backward by one decoder layer per token (see the module docstring)."""
+    h, f, heads, q = shape.hidden_size, shape.intermediate_size, shape.num_heads, shape.num_heads * shape.head_dim
+    full = method == "full"
+    norm = h * 4 + 4 + (h * c if shape.layout == "chatglm" and c != 4 else 0) + (h * c if full else 0)
+    linears = shape.linears()
+    inputs = 0
+    for group in shape.input_groups():
+        width, readers = linears[group[0]][0], [name for name in group if name in adapted]
+        kept_once = full or (dropout == 0 and c == 4 and bool(readers))
+        per_reader = 4 + c if dropout > 0 else 4 * (c != 4)
+        inputs += width * c * kept_once + width * per_reader * len(readers) + rank * 4 * len(readers)
+    if shape.attention == "eager":
+        attention = 3 * q * c + heads * seq_len * (4 + c * (c != 4))
+    else:
+        kv = q if shape.layout == "chatglm" else shape.num_kv_heads * shape.head_dim
+        attention = (2 * q + 2 * kv) * c + heads * 4
+    return 2 * norm + inputs + attention + 3 * f * c
+
+
+def adapter_matrices(shape: ModelShape, method: str, config: AdaQConfig) -> tuple[int, list[tuple[int, int]]]:
+    """The adapters' rank and the (in, out) of every adapted matrix of the model."""
+    rank = config.init_r if method in SVD_METHODS else config.r
+    linears = shape.linears()
+    return rank, [linears[name] for name in adapted_linears(shape, method, config)] * shape.num_layers
+
+
+def static_bytes(shape: ModelShape, method: str, config: AdaQConfig, w: int, tokens: int) -> dict[str, int]:
+    """Weights, adapters, optimizer state and the step's other lasting tensors (the module docstring's "Static")."""
+    svd = method in SVD_METHODS
+    rank, matrices = adapter_matrices(shape, method, config)
+    layers, decoder = shape.num_layers, shape.linears().values()
+    adapters = sum(rank * (i + o + svd) for i, o in matrices)
+    trainable = shape.parameter_count() if method == "full" else adapters
+    other_weights = shape.embedding_parameters() + layers * (shape.bias_size() + 2 * shape.hidden_size) + shape.hidden_size
+    quantized = method in QUANTIZED_METHODS
+    return {
+        "quantized_weights": layers * sum(nf4_bytes(i * o, config.double_quant) for i, o in decoder) if quantized else 0,
+        "full_precision_weights": (other_weights + (0 if quantized else layers * sum(i * o for i, o in decoder))) * w,
+        "adapters": adapters * 4,
+        "optimizer_state": 2 * trainable * 4,
+        "other": 3 * tokens * 8 + (len(matrices) * rank * 4 + 2 * adapters * 4 if svd else 0),
+    }
+
+
+def dynamic_bytes(shape: ModelShape, method: str, config: AdaQConfig, w: int, c: int, seq_len: int, tokens: int,
+                  device: str) -> dict[str, int]:
+    """The tensors the step makes, at the largest of the candidate peaks A, B, C of the module docstring."""
+    vocab, hidden, decoder = shape.vocab_size, shape.hidden_size, shape.linears().values()
+    if method == "base":
+        return {"activations": tokens * vocab * (c + 4 * (c != 4) + 4) + tokens * hidden * c}
+    svd = method in SVD_METHODS
+    rank, matrices = adapter_matrices(shape, method, config)
+    adapted = adapted_linears(shape, method, config)
+    per_token = saved_per_layer_token(shape, method, adapted, rank, config.lora_dropout, c, seq_len)
+    final_norm = hidden * 4 + 4 + (2 * hidden * c if method == "full" else 0)
+    saved = tokens * (shape.num_layers * per_token + final_norm) + (sum(rank * i * 4 for i, _ in matrices) if svd else 0)
+    early_gradients = sum(rank * (i + o) * 4 for i, o in matrices) if svd and config.orth_reg_weight > 0 else 0
+    peaks = [{"activations": saved + 3 * tokens * vocab * 4, "gradients": early_gradients}]  # A
+    if method in QUANTIZED_METHODS:  # B
+        peaks.append({"activations": saved + max(i * o for i, o in decoder) * c, "gradients": early_gradients})
+    if method == "full":
+        trainable, gradient_bytes, largest = shape.parameter_count(), w, max(vocab * hidden, *(i * o for i, o in decoder))
+    else:
+        trainable, gradient_bytes, largest = sum(rank * (i + o + svd) for i, o in matrices), 4, max(rank * max(i, o) for i, o in matrices)
+    temporaries = (3 + (gradient_bytes != 4)) * largest * 4 if device == "cpu" else 0
+    peaks.append({"gradients": trainable * gradient_bytes, "optimizer_state": temporaries})  # C
+    return max(peaks, key=lambda part: sum(part.values()))
+
+
+def predict_training_memory(model_config, method: str, adaq_config: AdaQConfig | None = None, seq_len: int = 128,
+                            batch_size: int = 1, *, weight_dtype: torch.dtype | str = torch.float32,
+                            compute_dtype: torch.dtype | str | None = None, device: str = "cpu",
+                            attention: str | None = None) -> MemoryBreakdown:
+    """The predicted peak of one training step of `method` on a model of `model_config`, by category.
+
+    `model_config`: a transformers config or a dict (FIELDS names what it needs). `weight_dtype` stores the
+    weights that are not 4-bit; `compute_dtype` (default: weight_dtype) is the activations' dtype; `device`
+    ("cpu" or "cuda") decides the optimizer update's temporaries; `attention` overrides the config's attention
+    implementation (default sdpa).
+    """
+    check_method(method)
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if seq_len <= 0 or batch_size <= 0:
+        raise ValueError(f"seq_len and batch_size must be positive, got {seq_len} and {batch_size}")
+    shape = ModelShape.from_config(model_config, attention)
+    config = adaq_config or AdaQConfig()
+    w, c = dtype_bytes(weight_dtype), dtype_bytes(compute_dtype or weight_dtype)
+    tokens = seq_len * batch_size
+    by_category = dict.fromkeys(CATEGORIES, 0) | static_bytes(shape, method, config, w, tokens)
+    for category, nbytes in dynamic_bytes(shape, method, config, w, c, seq_len, tokens, device).items():
+        by_category[category] += nbytes
+    return MemoryBreakdown.from_bytes(by_category)
+
+
+def load_chatglm2_6b_config() -> dict:
+    """ChatGLM2-6B's published configuration (THUDM's config.json), kept in the repository's data/ folder."""
+    if not CHATGLM2_6B_CONFIG.exists():
+        raise FileNotFoundError(f"{CHATGLM2_6B_CONFIG} is missing: it ships with the source checkout, not the wheel")
+    return json.loads(CHATGLM2_6B_CONFIG.read_text())
+
+
+PAPER_ROWS = (  # (row of Tables 1-2, our method, published Memory/MB on Alpaca_Chinese, on School_math)
+    ("GLM2", "base", 51875, 48885),
+    ("GLM2+LoRA", "lora", 40132, 59551),
+    ("GLM2+QLoRA", "qlora", 9231, 12626),
+    ("GLM2+ADAQ-LoRA", "adaq_lora", 8446, 9072),
+)
+
+
+@dataclass
+class PaperMemoryRow:
+    row: str  # the row's label in the paper's Tables 1-2
+    method: str  # our method for that row
+    predicted: MemoryBreakdown  # our prediction for ChatGLM2-6B on a CUDA GPU in bfloat16
+    published_alpaca_chinese_mb: int  # the paper's published Memory/MB in Table 1 (Alpaca_Chinese), not ours
+    published_school_math_mb: int  # the paper's published Memory/MB in Table 2 (School_math), not ours
+
+
+def paper_memory_comparison(seq_len: int = 512, batch_size: int = 1,
+                            adaq_config: AdaQConfig | None = None) -> list[PaperMemoryRow]:
+    """Our prediction for each row of the paper's tables beside the Memory/MB the paper publishes.
+
+    The setting: ChatGLM2-6B (data/chatglm2-6b.json) on a CUDA GPU, weights and activations in bfloat16 (the
+    model ships in float16, the same 2 bytes), NF4 with double quantization for qlora and adaq_lora, batch 1
+    (Sec. 3). The paper does not give its sequence length: 512, the tokens per example of our paper profile, is
+    an assumption and a parameter. The "GLM2" row is the untrained model, so `base` is predicted as the weights
+    and one forward pass with the loss, without gradients or optimizer state.
+    """
+    model_config = load_chatglm2_6b_config()
+    return [PaperMemoryRow(row, method,
+                           predict_training_memory(model_config, method, adaq_config, seq_len, batch_size,
+                                                   weight_dtype=torch.bfloat16, device="cuda"),
+                           alpaca, school_math)
+            for row, method, alpaca, school_math in PAPER_ROWS]

@@ -1,0 +1,174 @@
+"""Tables 1 and 2 of the paper, regenerated from result.json files, beside the paper's own numbers (Sec. 3; chapter 8).
+
+The paper's published rows are data in `PAPER_ROWS`, labelled as the paper's; nothing else in a table is typed by
+hand. Our rows come from the `result.json` files that `experiment.run_experiment` writes, named as the paper names
+its rows ("<model>+LoRA", ...), with each score's 95% bootstrap interval. Table 1 is Alpaca_Chinese, Table 2
+School_math; a run belongs to a table by its data set: the stand-in's name, the hub id, or a file whose name
+contains the table's key ("alpaca" or "school_math").
+
+`build_tables` returns plain lists of dicts the book renders; `markdown` and `write_csv` print and save them.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .experiment import RESULT_FILE, load_result
+from .metrics import METRIC_NAMES
+
+PAPER_SOURCE = "paper (ChatGLM2-6B)"
+COLUMNS = ("Rouge-1", "Rouge-2", "Rouge-L", "BLEU", "Avg")  # the paper's headers for METRIC_NAMES, in order
+MEMORY_COLUMN = "Memory/MB"
+METHOD_SUFFIXES = {  # the paper's row names after the model's: GLM2, GLM2+LoRA, GLM2+QLoRA, GLM2+ADAQ-LoRA
+    "base": "", "lora": "+LoRA", "qlora": "+QLoRA", "adaq_lora": "+ADAQ-LoRA", "adalora": "+AdaLoRA",
+    "full": "+full fine-tuning", "peft-lora": "+LoRA (PEFT)", "peft-qlora": "+QLoRA (PEFT)",
+    "peft-adalora": "+AdaLoRA (PEFT)",
+}
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    number: int  # the paper's table number
+    dataset_title: str  # the data set as the paper's caption names it
+    key: str  # a data file whose name contains this belongs to the table
+    datasets: tuple[str, ...]  # the stand-in's name and the hub id of the paper's set
+
+    @property
+    def caption(self) -> str:
+        return f"Table {self.number}. Comparison results on {self.dataset_title}"
+
+    def holds(self, dataset: str) -> bool:
+        return dataset in self.datasets or self.key in Path(dataset).name.lower()
+
+
+TABLES = (
+    TableSpec(1, "Alpaca_Chinese", "alpaca", ("alpaca_zh", "shibing624/alpaca-zh")),
+    TableSpec(2, "School_math", "school_math", ("school_math", "BelleGroup/school_math_0.25M")),
+)
+
+# The paper's Tables 1 and 2 as published: Rouge-1, Rouge-2, Rouge-L, BLEU, Avg, Memory/MB (ChatGLM2-6B, A100).
+PAPER_ROWS = {
+    1: {
+        "base": (0.2962, 0.1288, 0.1612, 0.1337, 0.1799, 51875),
+        "lora": (0.3036, 0.1484, 0.1950, 0.1572, 0.2010, 40132),
+        "qlora": (0.3368, 0.1657, 0.2117, 0.1828, 0.2242, 9231),
+        "adaq_lora": (0.3411, 0.1688, 0.2122, 0.1833, 0.2263, 8446),
+    },
+    2: {
+        "base": (0.5204, 0.2849, 0.3408, 0.3213, 0.3668, 48885),
+        "lora": (0.5542, 0.3113, 0.3595, 0.3403, 0.3913, 59551),
+        "qlora": (0.5490, 0.3245, 0.3716, 0.3508, 0.3989, 12626),
+        "adaq_lora": (0.5553, 0.3294, 0.3789, 0.3592, 0.4057, 9072),
+    },
+}
+PAPER_MODEL_LABEL = "GLM2"
+
+
+def collect_results(runs_dir: str | Path) -> list[dict]:
+    """Every complete result.json under `runs_dir`, in path order; a half-written run has none and is not listed."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise ValueError(f"{runs_dir} is not a folder; give the folder the runs were written under")
+    results = []
+    for path in sorted(runs_dir.rglob(RESULT_FILE)):
+        result = load_result(path.parent)
+        if result is None:
+            raise ValueError(f"{path} is not a complete result (keys missing or not JSON); rerun that cell")
+        results.append({**result, "path": str(path)})
+    return results
+
+
+def table_for(dataset: str) -> TableSpec | None:
+    return next((table for table in TABLES if table.holds(dataset)), None)
+
+
+def build_tables(results: list[dict]) -> list[dict]:
+    """Tables 1 and 2 as {"number", "caption", "rows"}; each row a dict with the method's name, its source, the
+    five scores, their intervals (None for the paper's rows, which publish none) and the memory in MB."""
+    tables = []
+    for spec in TABLES:
+        rows = [paper_row(spec.number, method) for method in PAPER_ROWS[spec.number]]
+        ours = sorted((r for r in results if spec.holds(r["dataset"])), key=_row_order)
+        several_seeds = len({r["seed"] for r in ours}) > 1
+        rows += [result_row(result, show_seed=several_seeds) for result in ours]
+        tables.append({"number": spec.number, "caption": spec.caption, "rows": rows})
+    return tables
+
+
+def paper_row(table: int, method: str) -> dict:
+    *scores, memory = PAPER_ROWS[table][method]
+    return {"method": PAPER_MODEL_LABEL + METHOD_SUFFIXES[method], "source": PAPER_SOURCE,
+            **dict(zip(METRIC_NAMES, scores)), "intervals": None, "memory_mb": memory}
+
+
+def result_row(result: dict, show_seed: bool = False) -> dict:
+    model = Path(result["model"]).name
+    source = f"ours ({result['profile']}, {result['n_test']} test examples" + (f", seed {result['seed']})" if show_seed else ")")
+    return {"method": model + METHOD_SUFFIXES.get(result["method"], f"+{result['method']}"), "source": source,
+            **{name: result[name] for name in METRIC_NAMES},
+            "intervals": {name: tuple(result["intervals"][name]) for name in METRIC_NAMES},
+            "memory_mb": result["memory_mb"]}
+
+
+def markdown(tables: list[dict]) -> str:
+    """The tables in the paper's layout (Method, the five scores, Memory/MB) plus a Source column."""
+    header = ("Method", "Source", *COLUMNS, MEMORY_COLUMN)
+    blocks = []
+    for table in tables:
+        lines = [f"**{table['caption']}**", "", _markdown_line(header), _markdown_line(["---"] * len(header))]
+        for row in table["rows"]:
+            cells = [_score_cell(row, name) for name in METRIC_NAMES]
+            lines.append(_markdown_line([row["method"], row["source"], *cells, _memory_cell(row["memory_mb"])]))
+        blocks.append("\n".join(lines))
+    note = ("Ours: the mean over the test examples [95% bootstrap interval]. Memory: the peak of one training step "
+            "in MB (2^20 bytes); for the base model, of a forward pass.")
+    return "\n\n".join(blocks + [note]) + "\n"
+
+
+def write_csv(tables: list[dict], path: str | Path) -> Path:
+    """One row per table row: the scores, each interval's low and high (empty for the paper's), the memory."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fields = ["table", "method", "source"]
+    for name in METRIC_NAMES:
+        fields += [name, f"{name}_low", f"{name}_high"]
+    fields.append("memory_mb")
+    handle, staging = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(handle, "w", newline="", encoding="utf-8") as file:
+        writer = csv.DictWriter(file, fieldnames=fields)
+        writer.writeheader()
+        for table in tables:
+            for row in table["rows"]:
+                line = {"table": table["number"], "method": row["method"], "source": row["source"],
+                        "memory_mb": row["memory_mb"]}
+                for name in METRIC_NAMES:
+                    low, high = row["intervals"][name] if row["intervals"] else (None, None)
+                    line.update({name: row[name], f"{name}_low": low, f"{name}_high": high})
+                writer.writerow(line)
+    os.replace(staging, path)
+    return path
+
+
+def _row_order(result: dict) -> tuple:
+    """Ours grouped by model, profile and seed, the methods in the paper's order, then the others."""
+    methods = list(METHOD_SUFFIXES)
+    rank = methods.index(result["method"]) if result["method"] in methods else len(methods)
+    return result["model"], result["profile"], result["seed"], rank
+
+
+def _score_cell(row: dict, name: str) -> str:
+    if row["intervals"] is None:
+        return f"{row[name]:.4f}"
+    low, high = row["intervals"][name]
+    return f"{row[name]:.4f} [{low:.4f}, {high:.4f}]"
+
+
+def _memory_cell(memory_mb) -> str:
+    return "n/a" if memory_mb is None else f"{memory_mb:.0f}"
+
+
+def _markdown_line(cells) -> str:
+    return "| " + " | ".join(str(cell) for cell in cells) + " |"

@@ -1,0 +1,171 @@
+"""Step time and peak training memory of our methods beside PEFT's (book chapter 7; paper Sec. 3's memory column).
+
+Our `lora`, `qlora` and `adaq_lora` and the PEFT peers `peft-lora`, `peft-qlora` and `peft-adalora` are prepared on
+copies of the same base model (the default SmolLM2-135M-Instruct) and trained on the same School_math stand-in
+examples, each cut to exactly SEQUENCE_LENGTH tokens, batch 1, with the recipe of `adaq_lora.train` (paged AdamW,
+clipping 0.1, the orthogonality term and the rank allocator for the SVD methods). All six live in one process and
+take their steps in turn, round-robin, so that a slow spell of a shared machine falls on every method alike; the
+first `--warmup` rounds are not timed and the median of the timed steps is reported. Peak memory comes from
+`adaq_lora.memory.measure_training_memory` (via `experiment.tuner_memory`), one method at a time. The budget schedule is laid out over a long run
+(t_init = 0), so every timed step of the SVD methods re-scores and re-masks its triplets, as in the middle of training.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_methods.py [--steps 8] [--warmup 2] [--gradient-checkpointing]
+                                                                  [--threads N] [--out PATH]
+
+prints a markdown table of the figures with the ratios ours / peer and writes them to `--out` (JSON, atomically).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from adaq_lora import AdaQConfig, load_model
+from adaq_lora.data import build_example, collate_examples, load_records
+from adaq_lora.experiment import package_versions, tuner_memory
+from adaq_lora.saving import write_json_atomic
+from adaq_lora.train import make_optimizer
+from adaq_lora.tuning import Tuner, prepare
+
+PAIRS = (("adaq_lora", "peft-adalora"), ("qlora", "peft-qlora"), ("lora", "peft-lora"))
+TARGETS = {"adaq_lora": 1.1, "qlora": 1.1}  # ours may take at most this many times the peer's step time
+SEQUENCE_LENGTH = 128
+DATASET = "school_math"
+MAX_GRAD_NORM = 0.1
+BUDGET_STEPS = 10_000  # a run long enough that the benchmark's steps all fall where the budget is still moving
+
+
+@dataclass
+class Contestant:
+    method: str  # ours or a peer's
+    tuner: Tuner  # the prepared model
+    optimizer: torch.optim.Optimizer  # paged AdamW over its trainable parameters
+    step_seconds: list[float] = field(default_factory=list)  # timed steps only
+
+    @property
+    def params(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.tuner.model.parameters() if p.requires_grad]
+
+
+def fixed_length_batches(tokenizer, count: int) -> list[dict[str, torch.Tensor]]:
+    """`count` single-example batches of the stand-in, each exactly SEQUENCE_LENGTH real tokens long."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    batches = []
+    for record in load_records(DATASET):
+        example = build_example(record, tokenizer, SEQUENCE_LENGTH)
+        if len(example["input_ids"]) == SEQUENCE_LENGTH:
+            batches.append(collate_examples([example], pad_id))
+        if len(batches) == count:
+            return batches
+    raise ValueError(f"{DATASET} has fewer than {count} examples of {SEQUENCE_LENGTH} tokens or more")
+
+
+def contestant(method: str, base_model: torch.nn.Module, gradient_checkpointing: bool) -> Contestant:
+    model = copy.deepcopy(base_model)
+    torch.manual_seed(0)
+    config = AdaQConfig(total_steps=BUDGET_STEPS, t_init=0, t_final=0)
+    tuner = prepare(model, method, config)
+    if gradient_checkpointing:
+        tuner.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    tuner.model.config.use_cache = False
+    tuner.model.train()
+    params = [p for p in tuner.model.parameters() if p.requires_grad]
+    return Contestant(method, tuner, make_optimizer(params, "paged_adamw", config.learning_rate))
+
+
+def training_step(player: Contestant, batch: dict[str, torch.Tensor]) -> float:
+    """One optimizer step as `adaq_lora.train.train` takes it; returns its wall time."""
+    began = time.perf_counter()
+    loss = player.tuner.model(**batch).loss
+    regularizer = player.tuner.regularizer()
+    if regularizer is not None:
+        loss = loss + regularizer
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(player.params, MAX_GRAD_NORM)
+    player.optimizer.step()
+    player.tuner.after_optimizer_step()
+    player.optimizer.zero_grad(set_to_none=True)
+    return time.perf_counter() - began
+
+
+def measure(steps: int, warmup: int, gradient_checkpointing: bool) -> dict:
+    model, tokenizer = load_model()
+    methods = [method for pair in PAIRS for method in pair]
+    batches = fixed_length_batches(tokenizer, warmup + steps)
+    players = [contestant(method, model, gradient_checkpointing) for method in methods]
+    for round_index, batch in enumerate(batches):
+        seconds = {player.method: training_step(player, batch) for player in players}
+        if round_index >= warmup:
+            for player in players:
+                player.step_seconds.append(seconds[player.method])
+        print(f"round {round_index + 1}/{len(batches)}" + (" (warm-up)" if round_index < warmup else "") + ": " +
+              ", ".join(f"{method} {value:.3f}s" for method, value in seconds.items()), file=sys.stderr, flush=True)
+    figures = {}
+    for player in players:
+        breakdown = tuner_memory(player.tuner, batches[0], MAX_GRAD_NORM)
+        figures[player.method] = {"median_step_seconds": statistics.median(player.step_seconds),
+                                  "step_seconds": player.step_seconds, "peak_memory_mb": breakdown.total_mb,
+                                  "memory_breakdown": breakdown.as_dict()}
+    return figures
+
+
+def pair_rows(figures: dict) -> list[dict]:
+    rows = []
+    for ours, peer in PAIRS:
+        time_ratio = figures[ours]["median_step_seconds"] / figures[peer]["median_step_seconds"]
+        rows.append({"ours": ours, "peer": peer, "time_ratio": time_ratio,
+                     "memory_ratio": figures[ours]["peak_memory_mb"] / figures[peer]["peak_memory_mb"],
+                     "target": TARGETS.get(ours), "met": time_ratio <= TARGETS[ours] if ours in TARGETS else None})
+    return rows
+
+
+def markdown(figures: dict, rows: list[dict]) -> str:
+    lines = ["| ours | peer | ours s/step | peer s/step | time ours/peer | target | ours peak MiB | peer peak MiB "
+             "| memory ours/peer |", "|---" * 9 + "|"]
+    for row in rows:
+        ours, peer = figures[row["ours"]], figures[row["peer"]]
+        target = "—" if row["target"] is None else f"≤ {row['target']:.2f} {'met' if row['met'] else 'MISSED'}"
+        lines.append(f"| {row['ours']} | {row['peer']} | {ours['median_step_seconds']:.3f} | "
+                     f"{peer['median_step_seconds']:.3f} | {row['time_ratio']:.2f} | {target} | "
+                     f"{ours['peak_memory_mb']:.0f} | {peer['peak_memory_mb']:.0f} | {row['memory_ratio']:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per method (default 8)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per method first (default 2)")
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    parser.add_argument("--out", default=str(Path(__file__).with_name("bench_methods.json")), help="JSON output")
+    args = parser.parse_args(argv)
+    if args.steps < 1 or args.warmup < 0:
+        parser.error(f"--steps must be >= 1 and --warmup >= 0, got {args.steps} and {args.warmup}")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    figures = measure(args.steps, args.warmup, args.gradient_checkpointing)
+    rows = pair_rows(figures)
+    table = markdown(figures, rows)
+    print(table)
+    write_json_atomic(Path(args.out), {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["benchmarks/bench_methods.py", *(argv if argv is not None else sys.argv[1:])]),
+        "settings": {"steps": args.steps, "warmup": args.warmup, "gradient_checkpointing": args.gradient_checkpointing,
+                     "sequence_length": SEQUENCE_LENGTH, "batch_size": 1, "dataset": DATASET, "model": "default"},
+        "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                    "torch_threads": torch.get_num_threads()},
+        "versions": package_versions(), "methods": figures, "pairs": rows, "markdown": table,
+    })
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

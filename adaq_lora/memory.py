@@ -7,19 +7,23 @@ first step, and a real run's peak includes that state, so one warm-up step runs 
 An optimizer we create ourselves has learning rate 0: measuring leaves the weights as they were (memory does not
 depend on the learning rate). The `base` method trains nothing: its step is the forward pass and the loss.
 
-How the peak is found and split (the profiler's memory timeline only sees what happens inside the profiled step):
+How the peak is found and split:
 1. Tensors that exist before the step are counted directly, by storage, once each: the 4-bit packed weights with
-   their quantization constants (bitsandbytes' `Params4bit` does not require grad, so the profiler sees it as an
-   input, not a parameter), the other weights, the adapters, the optimizer state, the buffers, the batch and the
-   allocator's importance EMAs. Their bytes are the same at every instant of the step.
-2. Every tensor created during the step is followed through `torch.profiler`'s memory timeline and sorted by the
-   profiler's category (which it infers from the autograd data flow): GRADIENT → gradients; OPTIMIZER_STATE, and anything made inside the optimizer step
-   (the update's temporaries) → optimizer state; ACTIVATION, AUTOGRAD_DETAIL (gradients of activations), TEMPORARY
-   and INPUT (tensors the forward computes from the batch, such as the rotary tables) → activations; tensors of
-   the allocator's update, and allocations the profiler cannot name (category None: workspaces such as a
-   matmul's packing buffers) → other.
+   their quantization constants, the other weights, the adapters, the optimizer state, the buffers, the batch and
+   the allocator's importance EMAs. Their bytes are the same at every instant of the step. (Counting them from the
+   model, not from the profiler, also covers bitsandbytes' `Params4bit`, which the profiler's own categories file
+   as an input, not a parameter, because it does not require grad.)
+2. Every allocation made during the step is followed through `torch.profiler`'s allocation records
+   (`profile_memory=True`) from its allocation to its free, and filed: a tensor autograd stores as a `.grad`
+   (the profiler's own test, on its AccumulateGrad events) → gradients; anything allocated inside the optimizer
+   step (the update's temporaries) → optimizer state; inside the allocator's update → other; memory no tensor
+   owns (a library's workspace) → other; everything else the forward and backward passes make — saved tensors,
+   the gradients of activations, temporaries — → activations.
 3. The peak is the instant where the sum of 2 is largest; the total is 1 plus that sum, and the breakdown is 1 plus
    the categories of 2 at that same instant, so the categories add up to the total.
+The profiler's `_memory_profile()` timeline would give the same numbers (checked on every method) but builds a
+data-flow graph of the whole step first, which takes four times as long; its finer categories (ACTIVATION,
+TEMPORARY, AUTOGRAD_DETAIL, INPUT) all land in "activations" here anyway.
 On CUDA the total is `torch.cuda.max_memory_allocated` over the step, which counts every tensor on the device; what
 it holds beyond the sum above (allocator rounding, library workspaces, tensors outside the model) is added to
 "other".
@@ -34,7 +38,7 @@ import torch
 from torch import nn
 from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile, record_function
-from torch.profiler._memory_profiler import Action, Category, MemoryProfile, TensorKey
+from torch.profiler._memory_profiler import OpTree, extract_gradients
 
 from .lora import AdapterLayer
 from .rank_allocator import RankAllocator
@@ -47,14 +51,6 @@ CATEGORIES = ("quantized_weights", "full_precision_weights", "adapters", "gradie
 OPTIMIZER_REGION = "adaq_lora.optimizer_update"  # clipping and the optimizer's step
 IMPORTANCE_REGION = "adaq_lora.importance_update"  # the rank allocator's EMAs of Sec. 2.3
 REGIONS = {OPTIMIZER_REGION: "optimizer_state", IMPORTANCE_REGION: "other"}  # what a region's new tensors count as
-PROFILER_CATEGORIES = {  # the profiler's category of a tensor made by the forward or backward pass -> ours
-    Category.GRADIENT: "gradients",
-    Category.OPTIMIZER_STATE: "optimizer_state",
-    Category.ACTIVATION: "activations",
-    Category.AUTOGRAD_DETAIL: "activations",
-    Category.TEMPORARY: "activations",
-    Category.INPUT: "activations",
-}
 
 
 @dataclass
@@ -177,11 +173,10 @@ def measure_training_memory(model: nn.Module, batch: dict, optimizer=None, *, or
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    # No Python stack: with it the event tree nests ops under Python calls, hiding the named regions, and the
-    # categories used here come from the autograd data flow. (`prof._memory_profile()` insists on the stack.)
+    # No Python stack: with it the profiler nests ops under Python calls, which hides the named regions.
     with profile(activities=activities, profile_memory=True, record_shapes=True, with_stack=False) as prof:
         training_step(model, batch, optimizer, orth_reg_weight, max_grad_norm, allocator)
-    dynamic_total, dynamic = timeline_peak(MemoryProfile(prof.profiler.kineto_results), device, static)
+    dynamic_total, dynamic = timeline_peak(OpTree(prof.profiler.kineto_results), device, static)
     by_category = dict.fromkeys(CATEGORIES, 0)
     for category, nbytes in [*static.values(), *dynamic.items()]:
         by_category[category] += nbytes
@@ -193,50 +188,60 @@ def measure_training_memory(model: nn.Module, batch: dict, optimizer=None, *, or
     return MemoryBreakdown.from_bytes(by_category, total)
 
 
-def creation_regions(memory_profile) -> dict[TensorKey, str]:
-    """The category (see REGIONS) of each tensor allocated inside a named region of the step."""
-    regions = {}
-    for event in memory_profile._op_tree.dfs():
-        kind, fields = event.typed
-        if kind != _EventType.Allocation or fields.alloc_size <= 0:
-            continue
-        region = event.parent
-        while region is not None and region.name not in REGIONS:
-            region = region.parent
-        key = TensorKey.from_allocation(fields)
-        if key is not None and region is not None:
-            regions[key] = REGIONS[region.name]
-    return regions
+def gradient_ids(op_tree: OpTree) -> set[int]:
+    """Ids of the tensors autograd stores as .grad: the profiler's own test, on its AccumulateGrad events."""
+    return {key.id for event in op_tree.dfs() for _, key in extract_gradients(event) if key is not None}
 
 
-def timeline_peak(memory_profile, device: torch.device, static: dict[int, tuple[str, int]]) -> tuple[int, dict[str, int]]:
-    """(bytes, bytes per category) at the instant the step's own tensors weigh most; `static` ones are skipped."""
-    regions = creation_regions(memory_profile)
-    categories = memory_profile._categories
+def region_category(event) -> str | None:
+    """What a tensor allocated by `event` counts as if it happened inside a named region (see REGIONS)."""
+    while event is not None and event.name not in REGIONS:
+        event = event.parent
+    return REGIONS[event.name] if event is not None else None
 
-    def category_of(key, version: int) -> str:
-        if not isinstance(key, TensorKey):
-            return "other"
-        profiler_category = categories.get(key, version)
-        if profiler_category is Category.GRADIENT:
+
+def timeline_peak(op_tree: OpTree, device: torch.device, static: dict[int, tuple[str, int]]) -> tuple[int, dict[str, int]]:
+    """(bytes, bytes per category) at the instant the step's own allocations weigh most.
+
+    The timeline is the profiler's allocation records in time order. An allocation made in the step lives until
+    its free; one freed in the step but made before it lived from the start, unless it is a `static` tensor.
+    """
+    gradients = gradient_ids(op_tree)
+    allocations = [event for event in op_tree.sorted_nodes
+                   if event.typed[0] == _EventType.Allocation and event.typed[1].device == device]
+
+    def category_of(event) -> str:
+        fields = event.typed[1]
+        if fields.id is None:
+            return "other"  # memory no tensor owns: a library's workspace
+        if fields.id in gradients:
             return "gradients"
-        return regions.get(key) or PROFILER_CATEGORIES.get(profiler_category, "other")
+        return region_category(event.parent) or "activations"
 
-    timeline = memory_profile.timeline
-    created = {key for _, action, (key, _), _ in timeline if action == Action.CREATE}
     live = dict.fromkeys(CATEGORIES, 0)
+    allocated: set[int] = set()
+    for event in allocations:  # first pass: what was there before the step and is freed during it
+        fields = event.typed[1]
+        if fields.alloc_size > 0:
+            allocated.add(fields.ptr)
+        elif fields.ptr in allocated:
+            allocated.remove(fields.ptr)
+        elif fields.ptr not in static:
+            live["other"] -= fields.alloc_size
     best = dict(live)
-    for _, events in groupby(timeline, key=lambda event: event[0]):  # the events of one instant
-        for _, action, (key, version), nbytes in events:
-            if key.device != device or (isinstance(key, TensorKey) and key not in created and key.storage.ptr in static):
-                continue  # another device, or a tensor counted directly (the same bytes at every instant)
-            if action in (Action.PREEXISTING, Action.CREATE):
-                live[category_of(key, version)] += nbytes
-            elif action == Action.INCREMENT_VERSION:
-                live[category_of(key, version)] -= nbytes
-                live[category_of(key, version + 1)] += nbytes
-            elif action == Action.DESTROY:
-                live[category_of(key, version)] -= nbytes
+    open_allocations: dict[int, tuple[str, int]] = {}  # pointer -> (category, bytes) of what the step allocated
+    for _, events in groupby(allocations, key=lambda event: event.start_time_ns):  # the allocations of one instant
+        for event in events:
+            fields = event.typed[1]
+            if fields.alloc_size > 0:
+                category = category_of(event)
+                open_allocations[fields.ptr] = (category, fields.alloc_size)
+                live[category] += fields.alloc_size
+            elif fields.ptr in open_allocations:
+                category, nbytes = open_allocations.pop(fields.ptr)
+                live[category] -= nbytes
+            elif fields.ptr not in static:
+                live["other"] += fields.alloc_size  # a tensor from before the step, freed now
         if sum(live.values()) > sum(best.values()):
             best = dict(live)
     return sum(best.values()), best

@@ -53,7 +53,8 @@ def test_measured_memory_follows_bytes_per_weight(small_llama_memory):
     decoder = shape.num_layers * sum(i * o for i, o in shape.linears().values())
     assert qlora.quantized_weights_mb * MB == shape.num_layers * sum(nf4_bytes(i * o, True) for i, o in shape.linears().values())
     assert 0.5 < qlora.quantized_weights_mb * MB / decoder < 0.55  # 4 bits, block scales and a table per matrix
-    assert qlora.total_mb < 0.5 * lora.total_mb < 0.5 * full.total_mb / 3
+    assert qlora.total_mb < 0.5 * lora.total_mb  # 4.2 instead of 32 bits per decoder weight
+    assert full.total_mb > 3 * lora.total_mb  # + a gradient, two moments and the update's temporaries per weight
 
 
 def test_prediction_matches_measurement_on_a_small_llama(small_llama_memory):
@@ -98,7 +99,7 @@ def test_prediction_is_within_15_percent_of_the_measurement_on_the_default_model
     model, config = copy.deepcopy(default_model), AdaQConfig()
     breakdown = measured(model, method, config, 128, model.config.vocab_size)
     predicted = predict_training_memory(model.config, method, config, seq_len=128, batch_size=1)
-    assert predicted.total_mb == pytest.approx(breakdown.total_mb, rel=0.15)
+    assert predicted.total_mb == pytest.approx(breakdown.total_mb, rel=0.15), (predicted, breakdown)
 
 
 def test_chatglm2_6b_memory_follows_the_storage_of_each_method():

@@ -56,6 +56,8 @@ import torch
 from .config import LORA_METHODS, QUANTIZED_METHODS, SVD_METHODS, AdaQConfig, check_method
 from .memory import CATEGORIES, MemoryBreakdown
 from .models import DEFAULT_TARGET_MODULES
+from .tables import METHOD_SUFFIXES, PAPER_MODEL_LABEL
+from .tables import PAPER_ROWS as PUBLISHED
 
 CHATGLM2_6B_CONFIG = Path(__file__).resolve().parent.parent / "data" / "chatglm2-6b.json"
 FIELDS = {  # our name -> the configuration's name, per layout
@@ -270,11 +272,9 @@ def load_chatglm2_6b_config() -> dict:
     return json.loads(CHATGLM2_6B_CONFIG.read_text())
 
 
-PAPER_ROWS = (  # (row of Tables 1-2, our method, published Memory/MB on Alpaca_Chinese, on School_math)
-    ("GLM2", "base", 51875, 48885),
-    ("GLM2+LoRA", "lora", 40132, 59551),
-    ("GLM2+QLoRA", "qlora", 9231, 12626),
-    ("GLM2+ADAQ-LoRA", "adaq_lora", 8446, 9072),
+PAPER_ROWS = tuple(  # (row of Tables 1-2, our method, published Memory/MB on Alpaca_Chinese, on School_math)
+    (PAPER_MODEL_LABEL + METHOD_SUFFIXES[method], method, PUBLISHED[1][method][-1], PUBLISHED[2][method][-1])
+    for method in PUBLISHED[1]
 )
 
 

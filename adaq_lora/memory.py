@@ -56,7 +56,7 @@ REGIONS = {OPTIMIZER_REGION: "optimizer_state", IMPORTANCE_REGION: "other"}  # w
 @dataclass
 class MemoryBreakdown:
     quantized_weights_mb: float  # 4-bit packed weights with their absmax (and double-quantization) constants
-    full_precision_weights_mb: float  # every other weight of the base: embeddings, norms, the output head, float linears
+    full_precision_weights_mb: float  # the base's other weights: embeddings, norms, output head, float linears
     adapters_mb: float  # the trainable adapter matrices (LoRA's A, B; the SVD adapters' P, λ, Q)
     gradients_mb: float  # gradients alive at the peak
     optimizer_state_mb: float  # AdamW's two moments, and the update's temporaries when the peak is in the step
@@ -91,7 +91,8 @@ def token_batch(vocab_size: int, batch_size: int, seq_len: int, seed: int = 0) -
 def quant_state_tensors(state) -> list[torch.Tensor]:
     """The tensors of a bitsandbytes QuantState: absmax, the code table, and with double quantization the offset
     and the second-level state."""
-    tensors = [getattr(state, name) for name in ("absmax", "code", "offset") if torch.is_tensor(getattr(state, name, None))]
+    tensors = [getattr(state, name) for name in ("absmax", "code", "offset")
+               if torch.is_tensor(getattr(state, name, None))]
     nested = getattr(state, "state2", None)
     return tensors + (quant_state_tensors(nested) if nested is not None else [])
 
@@ -200,7 +201,8 @@ def region_category(event) -> str | None:
     return REGIONS[event.name] if event is not None else None
 
 
-def timeline_peak(op_tree: OpTree, device: torch.device, static: dict[int, tuple[str, int]]) -> tuple[int, dict[str, int]]:
+def timeline_peak(op_tree: OpTree, device: torch.device,
+                  static: dict[int, tuple[str, int]]) -> tuple[int, dict[str, int]]:
     """(bytes, bytes per category) at the instant the step's own allocations weigh most.
 
     The timeline is the profiler's allocation records in time order. An allocation made in the step lives until

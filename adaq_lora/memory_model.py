@@ -110,7 +110,8 @@ class ModelShape:
 
     def linears(self) -> dict[str, tuple[int, int]]:
         """(in, out) of each linear layer of one decoder layer, by leaf name."""
-        h, f, q, kv = self.hidden_size, self.intermediate_size, self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        h, f = self.hidden_size, self.intermediate_size
+        q, kv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         if self.layout == "chatglm":
             return {"query_key_value": (h, q + 2 * kv), "dense": (q, h), "dense_h_to_4h": (h, 2 * f),
                     "dense_4h_to_h": (f, h)}
@@ -165,11 +166,13 @@ def adapted_linears(shape: ModelShape, method: str, config: AdaQConfig) -> tuple
     targets = config.target_modules or DEFAULT_TARGET_MODULES.get(shape.model_type, layout_default)
     unknown = sorted(set(targets) - set(shape.linears()))
     if unknown:
-        raise ValueError(f"unknown target module(s) {unknown}; this model's linear layers are {sorted(shape.linears())}")
+        raise ValueError(f"unknown target module(s) {unknown}; this model's linear layers are "
+                         f"{sorted(shape.linears())}")
     return tuple(name for name in shape.linears() if name in targets)
 
 
-def saved_per_layer_token(shape: ModelShape, method: str, adapted, rank: int, dropout: float, c: int, seq_len: int) -> int:
+def saved_per_layer_token(shape: ModelShape, method: str, adapted, rank: int, dropout: float, c: int,
+                          seq_len: int) -> int:
     """Bytes saved for backward by one decoder layer per token (see the module docstring)."""
     h, f, heads, q = shape.hidden_size, shape.intermediate_size, shape.num_heads, shape.num_heads * shape.head_dim
     full = method == "full"
@@ -196,21 +199,32 @@ def adapter_matrices(shape: ModelShape, method: str, config: AdaQConfig) -> tupl
     return rank, [linears[name] for name in adapted_linears(shape, method, config)] * shape.num_layers
 
 
+def adapter_parameters(shape: ModelShape, method: str, config: AdaQConfig) -> int:
+    rank, matrices = adapter_matrices(shape, method, config)
+    return sum(rank * (i + o + (method in SVD_METHODS)) for i, o in matrices)  # an SVD adapter adds λ
+
+
+def trainable_parameters(shape: ModelShape, method: str, config: AdaQConfig) -> int:
+    return shape.parameter_count() if method == "full" else adapter_parameters(shape, method, config)
+
+
 def static_bytes(shape: ModelShape, method: str, config: AdaQConfig, w: int, tokens: int) -> dict[str, int]:
     """Weights, adapters, optimizer state and the step's other lasting tensors (the module docstring's "Static")."""
-    svd = method in SVD_METHODS
     rank, matrices = adapter_matrices(shape, method, config)
     layers, decoder = shape.num_layers, shape.linears().values()
-    adapters = sum(rank * (i + o + svd) for i, o in matrices)
-    trainable = shape.parameter_count() if method == "full" else adapters
-    other_weights = shape.embedding_parameters() + layers * (shape.bias_size() + 2 * shape.hidden_size) + shape.hidden_size
+    adapters = adapter_parameters(shape, method, config)
+    norms_and_biases = layers * (shape.bias_size() + 2 * shape.hidden_size) + shape.hidden_size
+    other_weights = shape.embedding_parameters() + norms_and_biases
+    decoder_weights = layers * sum(i * o for i, o in decoder)
     quantized = method in QUANTIZED_METHODS
+    nf4 = layers * sum(nf4_bytes(i * o, config.double_quant) for i, o in decoder)
+    svd_extras = len(matrices) * rank * 4 + 2 * adapters * 4 if method in SVD_METHODS else 0  # masks, EMAs
     return {
-        "quantized_weights": layers * sum(nf4_bytes(i * o, config.double_quant) for i, o in decoder) if quantized else 0,
-        "full_precision_weights": (other_weights + (0 if quantized else layers * sum(i * o for i, o in decoder))) * w,
+        "quantized_weights": nf4 if quantized else 0,
+        "full_precision_weights": (other_weights + (0 if quantized else decoder_weights)) * w,
         "adapters": adapters * 4,
-        "optimizer_state": 2 * trainable * 4,
-        "other": 3 * tokens * 8 + (len(matrices) * rank * 4 + 2 * adapters * 4 if svd else 0),
+        "optimizer_state": 2 * trainable_parameters(shape, method, config) * 4,
+        "other": 3 * tokens * 8 + svd_extras,
     }
 
 
@@ -225,17 +239,19 @@ def dynamic_bytes(shape: ModelShape, method: str, config: AdaQConfig, w: int, c:
     adapted = adapted_linears(shape, method, config)
     per_token = saved_per_layer_token(shape, method, adapted, rank, config.lora_dropout, c, seq_len)
     final_norm = hidden * 4 + 4 + (2 * hidden * c if method == "full" else 0)
-    saved = tokens * (shape.num_layers * per_token + final_norm) + (sum(rank * i * 4 for i, _ in matrices) if svd else 0)
+    svd_products = sum(rank * i * 4 for i, _ in matrices) if svd else 0
+    saved = tokens * (shape.num_layers * per_token + final_norm) + svd_products
     early_gradients = sum(rank * (i + o) * 4 for i, o in matrices) if svd and config.orth_reg_weight > 0 else 0
     peaks = [{"activations": saved + 3 * tokens * vocab * 4, "gradients": early_gradients}]  # A
     if method in QUANTIZED_METHODS:  # B
         peaks.append({"activations": saved + max(i * o for i, o in decoder) * c, "gradients": early_gradients})
     if method == "full":
-        trainable, gradient_bytes, largest = shape.parameter_count(), w, max(vocab * hidden, *(i * o for i, o in decoder))
+        gradient_bytes, largest = w, max(vocab * hidden, *(i * o for i, o in decoder))
     else:
-        trainable, gradient_bytes, largest = sum(rank * (i + o + svd) for i, o in matrices), 4, max(rank * max(i, o) for i, o in matrices)
+        gradient_bytes, largest = 4, max(rank * max(i, o) for i, o in matrices)
     temporaries = (3 + (gradient_bytes != 4)) * largest * 4 if device == "cpu" else 0
-    peaks.append({"gradients": trainable * gradient_bytes, "optimizer_state": temporaries})  # C
+    gradients = trainable_parameters(shape, method, config) * gradient_bytes
+    peaks.append({"gradients": gradients, "optimizer_state": temporaries})  # C
     return max(peaks, key=lambda part: sum(part.values()))
 
 

@@ -1,4 +1,4 @@
-"""Claims about the memory of a training step: measured by the profiler, predicted from the config, and the two agree."""
+"""Claims about the memory of a training step: measured by the profiler, predicted from the config, the two agree."""
 import copy
 
 import pytest
@@ -51,7 +51,8 @@ def test_measured_memory_follows_bytes_per_weight(small_llama_memory):
     assert full.optimizer_state_mb * MB >= 2 * weights * 4  # AdamW's m and v, and the update's temporaries
     shape = ModelShape.from_config(LlamaConfig(**SMALL_LLAMA))
     decoder = shape.num_layers * sum(i * o for i, o in shape.linears().values())
-    assert qlora.quantized_weights_mb * MB == shape.num_layers * sum(nf4_bytes(i * o, True) for i, o in shape.linears().values())
+    nf4 = shape.num_layers * sum(nf4_bytes(i * o, True) for i, o in shape.linears().values())
+    assert qlora.quantized_weights_mb * MB == nf4
     assert 0.5 < qlora.quantized_weights_mb * MB / decoder < 0.55  # 4 bits, block scales and a table per matrix
     assert qlora.total_mb < 0.5 * lora.total_mb  # 4.2 instead of 32 bits per decoder weight
     assert full.total_mb > 3 * lora.total_mb  # + a gradient, two moments and the update's temporaries per weight
@@ -63,7 +64,8 @@ def test_prediction_matches_measurement_on_a_small_llama(small_llama_memory):
         predicted = predict_training_memory(config, method, SMALL_CONFIG, seq_len=16, batch_size=1)
         assert predicted.total_mb == pytest.approx(breakdown.total_mb, rel=0.05), method
         for name in ("quantized_weights", "full_precision_weights", "adapters", "optimizer_state"):
-            assert predicted.categories_mb[name] == pytest.approx(breakdown.categories_mb[name], rel=0.01), (method, name)
+            expected = pytest.approx(breakdown.categories_mb[name], rel=0.01)
+            assert predicted.categories_mb[name] == expected, (method, name)
 
 
 @pytest.mark.parametrize("dtype, attention, methods", [

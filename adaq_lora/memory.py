@@ -41,6 +41,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from torch.profiler._memory_profiler import OpTree, extract_gradients
 
 from .lora import AdapterLayer
+from .quantize import quant_state_tensors
 from .rank_allocator import RankAllocator
 from .svd_adapter import orthogonal_regularizer
 from .train import make_optimizer
@@ -86,15 +87,6 @@ def token_batch(vocab_size: int, batch_size: int, seq_len: int, seed: int = 0) -
     generator = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(0, vocab_size, (batch_size, seq_len), generator=generator)
     return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": input_ids.clone()}
-
-
-def quant_state_tensors(state) -> list[torch.Tensor]:
-    """The tensors of a bitsandbytes QuantState: absmax, the code table, and with double quantization the offset
-    and the second-level state."""
-    tensors = [getattr(state, name) for name in ("absmax", "code", "offset")
-               if torch.is_tensor(getattr(state, name, None))]
-    nested = getattr(state, "state2", None)
-    return tensors + (quant_state_tensors(nested) if nested is not None else [])
 
 
 def static_tensors(model: nn.Module, optimizer=None, allocator: RankAllocator | None = None,

@@ -165,6 +165,15 @@ def _nbytes(tensor: torch.Tensor) -> int:
     return tensor.numel() * tensor.element_size()
 
 
+def quant_state_tensors(state) -> list[torch.Tensor]:
+    """The tensors of a bitsandbytes QuantState: absmax, the code table, and with double quantization the offset
+    and the second-level state."""
+    tensors = [getattr(state, name) for name in ("absmax", "code", "offset")
+               if torch.is_tensor(getattr(state, name, None))]
+    nested = getattr(state, "state2", None)
+    return tensors + (quant_state_tensors(nested) if nested is not None else [])
+
+
 def storage_report(model: nn.Module) -> StorageReport:
     """Count the bytes of `model`'s parameters, 4-bit weights with their quantization state."""
     bnb = import_bitsandbytes()
@@ -173,10 +182,7 @@ def storage_report(model: nn.Module) -> StorageReport:
         state = getattr(parameter, "quant_state", None)
         if isinstance(parameter, bnb.nn.Params4bit) and state is not None:
             quantized_parameters += state.shape.numel()
-            constants = [state.absmax, state.code]
-            if state.nested:
-                constants += [state.offset, state.state2.absmax, state.state2.code]
-            quantized_bytes += _nbytes(parameter) + sum(_nbytes(t) for t in constants)
+            quantized_bytes += _nbytes(parameter) + sum(_nbytes(t) for t in quant_state_tensors(state))
         else:
             other_parameters += parameter.numel()
             other_bytes += _nbytes(parameter)

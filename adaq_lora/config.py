@@ -34,6 +34,7 @@ class AdaQConfig:
     learning_rate: float = 3e-4  # the paper's constant learning rate (Sec. 3)
     quant_type: str = "nf4"  # 4-bit storage of the frozen base: "nf4" (the paper's) or "fp4"
     double_quant: bool = True  # quantize the block absmax values again (QLoRA's double quantization)
+    precision_budget_bits: float | None = 4.5  # adaq_lora: mean bits per frozen weight, embedding and head included; None: QLoRA's layout
     compute_dtype: str = "auto"  # dtype of the 4-bit layers' matmuls: auto = float32 on CPU, bfloat16 on GPU
     init_std: float = 0.02  # std of the Gaussian start of A (Eq. 1) and of P, Q (Eq. 5), as PEFT's AdaLoRA
     extra: dict = field(default_factory=dict)  # free-form notes stored with the adapters (e.g. the model id)
@@ -77,6 +78,9 @@ class AdaQConfig:
             raise ValueError(f"init_std must be > 0, got {self.init_std}")
         if self.quant_type not in ("nf4", "fp4"):
             raise ValueError(f"quant_type must be 'nf4' or 'fp4', got {self.quant_type!r}")
+        if self.precision_budget_bits is not None and not 4 <= self.precision_budget_bits <= 16:
+            raise ValueError(f"precision_budget_bits must be between 4 (NF4 everywhere) and 16 (bfloat16 everywhere), "
+                             f"or None for QLoRA's layout; got {self.precision_budget_bits!r}")
         if self.compute_dtype not in COMPUTE_DTYPES:
             raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {self.compute_dtype!r}")
 

@@ -12,11 +12,13 @@ writes into `out_dir`:
   dies leaves no result that looks complete; the grid resumes by skipping cells whose result is there.
 
 A run with `checkpoint_every` set resumes training from its last checkpoint. Memory is the peak of one training step
-on the run's longest batch (`memory.measure_training_memory`), with its breakdown. `base` is not trained: its memory
+on the run's longest batch (`memory.measure_training_memory`), with its breakdown, taken before training where the
+run's peak is. `adaq_lora` plans its base's precision (`precision.py`) from the first training examples. `base` is not trained: its memory
 is that of the forward pass and the loss on the same batch, the paper's base rows' only possible meaning.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -37,6 +39,7 @@ from .methods import trainable_parameters
 from .metrics import METRIC_NAMES, bootstrap_intervals, per_example_scores
 from .models import DEFAULT_MODEL, load_model
 from .memory import MemoryBreakdown, measure_training_memory
+from .precision import calibration_batches
 from .profiles import Profile, load_profile
 from .saving import write_json_atomic
 from .train import TrainConfig, steps_for, train
@@ -90,7 +93,8 @@ class Experiment:
         return AdaQConfig(r=p.r, lora_alpha=p.lora_alpha, lora_dropout=p.lora_dropout, init_r=p.init_r,
                           target_r=p.target_r, t_init=int(p.t_init_fraction * total),
                           t_final=int(p.t_final_fraction * total), delta_t=p.delta_t,
-                          orth_reg_weight=p.orth_reg_weight, total_steps=total, learning_rate=p.learning_rate,
+                          orth_reg_weight=p.orth_reg_weight, precision_budget_bits=p.precision_budget_bits,
+                          total_steps=total, learning_rate=p.learning_rate,
                           compute_dtype=p.compute_dtype, extra={"model": self.model_name, "dataset": self.dataset})
 
     def train_config(self, progress: bool) -> TrainConfig:
@@ -141,14 +145,18 @@ def execute(experiment: Experiment, out_dir: str | Path, force: bool = False, pr
     began = time.perf_counter()
     model, tokenizer = _load_model(experiment)
     torch.manual_seed(experiment.seed)
-    tuner = prepare(model, experiment.method, experiment.adaq_config())
+    calibration = calibration_batches(experiment.train_records, tokenizer, experiment.profile.max_length)
+    tuner = prepare(model, experiment.method, experiment.adaq_config(), calibration=calibration)
     training = None
+    train_config = experiment.train_config(progress)
+    if train_config.gradient_checkpointing:  # before the memory measurement, which must see the run as it trains
+        tuner.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    memory = _measure_memory(experiment, tuner, tokenizer)
     if experiment.method not in UNTRAINED_METHODS:
-        training = train(tuner, tokenizer, experiment.train_records, experiment.train_config(progress),
+        training = train(tuner, tokenizer, experiment.train_records, train_config,
                          checkpoint_dir=out_dir / CHECKPOINT_DIR)
         if experiment.method != "full":  # a full fine-tune has no adapters: its weights are the whole model
             tuner.save(out_dir / ADAPTERS_DIR)
-    memory = _measure_memory(experiment, tuner, tokenizer)
     eval_began = time.perf_counter()
     predictions = generate_answers(tuner.model, tokenizer, experiment.test_records, experiment.profile.max_new_tokens,
                                    experiment.profile.eval_batch_size, progress=progress)
@@ -240,15 +248,19 @@ def _load_model(experiment: Experiment):
 def _measure_memory(experiment: Experiment, tuner: Tuner, tokenizer) -> dict:
     """Peak memory of one training step on the run's longest batch (`base`: its forward pass and loss).
 
-    Measured after training and saving: the measurement's own steps (learning rate 0) feed the rank allocator's
-    importance EMAs, which must not differ from an unmeasured run while the budget is still moving.
+    Measured before training, where a run's peak is: SVD adapters are still at init_r with the allocator's
+    importance EMAs beside them (rank compaction frees both later). The measurement's steps run at learning rate 0
+    on an optimizer of their own, so the weights do not move; the EMAs they feed are put back afterwards.
     """
     p = experiment.profile
     examples = sorted((build_example(record, tokenizer, p.max_length) for record in experiment.train_records),
                       key=lambda example: len(example["input_ids"]), reverse=True)[: p.batch_size]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     batch = collate_examples(examples, pad_id)
+    allocator_state = copy.deepcopy(tuner.allocator.state_dict()) if tuner.allocator is not None else None
     breakdown = tuner_memory(tuner, batch, p.max_grad_norm)
+    if allocator_state is not None:
+        tuner.allocator.load_state_dict(allocator_state)
     shape = "×".join(str(size) for size in batch["input_ids"].shape)
     what = ("a forward pass and the loss (base trains nothing)" if experiment.method in UNTRAINED_METHODS
             else "one training step (forward, backward, clipping, paged AdamW)")

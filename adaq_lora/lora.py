@@ -43,7 +43,8 @@ class AdapterLayer(nn.Module):
         return result + self.adapter_output(adapter_x).to(result.dtype)
 
     def _require_float_base(self, action: str) -> nn.Linear:
-        if not self.base_layer.weight.is_floating_point():  # a 4-bit layer stores packed uint8 codes
+        # a 4-bit layer stores packed uint8 codes; a blockwise one (blockwise.py) decodes a copy on every read
+        if not self.base_layer.weight.is_floating_point() or hasattr(self.base_layer, "matrix"):
             raise ValueError(
                 f"cannot {action} into a {type(self.base_layer).__name__}: re-quantizing W0 + ΔW would add a new "
                 "quantization error; merge on a full-precision base (method 'lora' or 'adalora'), or export the "

@@ -107,8 +107,10 @@ def static_tensors(model: nn.Module, optimizer=None, allocator: RankAllocator | 
                     add(tensor, "quantized_weights")
             else:
                 add(param, "adapters" if isinstance(module, AdapterLayer) else "full_precision_weights")
+        stored = getattr(module, "precision", None)  # a BlockwiseMatrix holds a frozen matrix in its buffers
         for buffer in module.buffers(recurse=False):
-            add(buffer, "other")
+            add(buffer, "other" if stored is None else
+                "full_precision_weights" if stored == "bf16" else "quantized_weights")
     for state in (optimizer.state.values() if optimizer is not None else ()):
         for value in state.values():
             if torch.is_tensor(value):
@@ -125,9 +127,10 @@ def static_tensors(model: nn.Module, optimizer=None, allocator: RankAllocator | 
 def training_step(model: nn.Module, batch: dict, optimizer, orth_reg_weight: float, max_grad_norm: float,
                   allocator: RankAllocator | None) -> None:
     """One step of the training loop; named regions tell the profiler which tensors the update makes."""
-    loss = model(**batch, use_cache=False).loss
-    if orth_reg_weight:
-        loss = loss + orth_reg_weight * orthogonal_regularizer(model)
+    # The regularizer first, as train.py does it: autograd then runs its backward last, after the logits' gradients
+    # are gone, instead of first, with every adapter's gradient alive beside them.
+    regularizer = orth_reg_weight * orthogonal_regularizer(model) if orth_reg_weight else 0.0
+    loss = model(**batch, use_cache=False).loss + regularizer
     if optimizer is None:
         return
     loss.backward()

@@ -14,12 +14,15 @@ Kept apart as PEFT keeps its tuners: the layers live in `lora.py` and `svd_adapt
 """
 from __future__ import annotations
 
+from itertools import chain
+
 import torch
 from torch import nn
 
 from .config import LORA_METHODS, QUANTIZED_METHODS, SVD_METHODS, AdaQConfig, check_method
 from .lora import AdapterLayer, LoraLinear
 from .models import default_target_modules, linear_leaf_names
+from .precision import PrecisionPlan, apply_precision_plan, plan_precision
 from .quantize import compute_dtype_for, quantize_model
 from .svd_adapter import SVDLinear
 
@@ -32,10 +35,14 @@ def resolve_compute_dtype(config: AdaQConfig, device: torch.device) -> torch.dty
     return getattr(torch, config.compute_dtype)
 
 
-def apply_method(model: nn.Module, method: str, config: AdaQConfig | None = None) -> nn.Module:
+def apply_method(model: nn.Module, method: str, config: AdaQConfig | None = None, *,
+                 calibration: list[dict] | None = None, precision_plan: PrecisionPlan | None = None) -> nn.Module:
     """Prepare `model` in place for fine-tuning with `method` and return it.
 
-    Seed torch before the call: the adapters' random starts come from torch's generator.
+    `adaq_lora` with `config.precision_budget_bits` set stores the frozen base by a precision plan
+    (`precision.py`): `precision_plan` if given (e.g. loaded with saved adapters), else one made now from the
+    `calibration` batches (one example each; None: the data-free plan). Seed torch before the call: the
+    adapters' random starts come from torch's generator.
     """
     check_method(method)
     config = config or AdaQConfig()
@@ -50,9 +57,13 @@ def apply_method(model: nn.Module, method: str, config: AdaQConfig | None = None
         if unknown:
             raise ValueError(f"unknown target module(s) {unknown}; this model's linear layers are: {sorted(available)}")
         if method in QUANTIZED_METHODS:
-            device = next(model.parameters()).device
-            quantize_model(model, quant_type=config.quant_type, double_quant=config.double_quant,
-                           compute_dtype=resolve_compute_dtype(config, device))
+            compute_dtype = resolve_compute_dtype(config, next(model.parameters()).device)
+            if method == "adaq_lora" and (precision_plan is not None or config.precision_budget_bits is not None):
+                plan = precision_plan or plan_precision(model, config.precision_budget_bits, calibration)
+                apply_precision_plan(model, plan, compute_dtype)
+            else:
+                quantize_model(model, quant_type=config.quant_type, double_quant=config.double_quant,
+                               compute_dtype=compute_dtype)
         inject_adapters(model, ADAPTER_LAYERS[method], targets, config)
     model.adaq_method = method
     model.adaq_config = config
@@ -68,7 +79,7 @@ def inject_adapters(model: nn.Module, layer_class: type[AdapterLayer], targets, 
         parent_name, _, leaf = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         adapter = layer_class(module, rank, config.lora_alpha, config.lora_dropout, config.init_std)
-        device = next(module.parameters()).device
+        device = next(chain(module.parameters(), module.buffers())).device  # a blockwise base holds only buffers
         setattr(parent, leaf, adapter.to(device))
 
 

@@ -52,6 +52,7 @@ class Profile:
     t_final_fraction: float  # share of the run's steps at the end with the mask fixed
     delta_t: int  # steps between two re-maskings
     orth_reg_weight: float  # γ of Eq. 6
+    precision_budget_bits: float | None  # adaq_lora: mean bits per frozen weight under the precision plan; None: QLoRA's layout
     compute_dtype: str  # dtype of the 4-bit layers' matmuls (and of a model loaded for the GPU)
     checkpoint_every: int  # steps between resumable checkpoints; 0 for none
     bootstrap_resamples: int  # resamples of the test set for the 95% intervals

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 
 BITSANDBYTES_PIN = "bitsandbytes==0.50.2"
+# The output heads of the supported families: Llama-style models call it `lm_head`, ChatGLM `output_layer`.
+OUTPUT_HEADS = ("lm_head", "output_layer")
 
 
 def import_bitsandbytes():
@@ -44,8 +46,8 @@ def _quantization_targets(
     bnb = import_bitsandbytes()
     targets = []
     for name, child in module.named_children():
-        if hasattr(child, "base_layer"):
-            continue  # an adapter wraps this layer; its base is the adapter's business
+        if hasattr(child, "base_layer") or hasattr(child, "matrix"):
+            continue  # an adapter wraps this layer, or a precision plan already stores it (blockwise.py)
         if isinstance(child, nn.Linear) and not isinstance(child, bnb.nn.Linear4bit):
             if name in skip_modules:
                 continue
@@ -92,12 +94,12 @@ def quantize_model(
     quant_type: str = "nf4",
     double_quant: bool = True,
     compute_dtype: torch.dtype = torch.float32,
-    skip_modules: tuple[str, ...] = ("lm_head",),
+    skip_modules: tuple[str, ...] = OUTPUT_HEADS,
 ) -> nn.Module:
     """Replace, in place, every `nn.Linear` of `model` with a 4-bit `Linear4bit`; return `model`.
 
-    Layers whose own name is in `skip_modules` stay as they are (the output head by default: it is
-    small next to the decoder and its errors go straight to the logits), and so does everything
+    Layers whose own name is in `skip_modules` stay as they are (the output head by default, `lm_head`
+    or ChatGLM's `output_layer`, as QLoRA leaves it: its errors go straight to the logits), and so does everything
     inside an adapter layer (any module with a `base_layer`). Embeddings and norms are not
     `nn.Linear` and keep their precision. The model is marked `is_loaded_in_4bit`, as transformers'
     own 4-bit loader marks it, so that PEFT builds its 4-bit adapter layers around these ones.

@@ -50,8 +50,11 @@ class Tuner:
             self.allocator.load_state_dict(state)
 
     def save(self, path, base_model_name_or_path: str | None = None) -> None:
-        """Adapters in our format and in PEFT's, side by side in one folder."""
+        """Adapters in our format and in PEFT's, side by side in one folder, with the base's precision plan if any."""
         save_adapters(self.model, path)
+        plan = getattr(self.model, "adaq_precision_plan", None)
+        if plan is not None:
+            plan.save(path)
         if self.method not in ("base", "full"):
             export_peft(self.model, path, base_model_name_or_path)
 
@@ -65,14 +68,18 @@ def all_methods() -> tuple[str, ...]:
     return METHODS + tuple(PEER_BUILDERS)
 
 
-def prepare(model: nn.Module, method: str, config: AdaQConfig | None = None) -> Tuner:
-    """Apply `method` to `model` and return the Tuner the training loop drives."""
+def prepare(model: nn.Module, method: str, config: AdaQConfig | None = None, *,
+            calibration: list[dict] | None = None, precision_plan=None) -> Tuner:
+    """Apply `method` to `model` and return the Tuner the training loop drives.
+
+    `calibration` (batches of one example) and `precision_plan` reach `apply_method`; only `adaq_lora` uses them.
+    """
     config = config or AdaQConfig()
     valid = all_methods()
     if method not in valid:
         raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(valid)}")
     if method in PEER_BUILDERS:
         return PEER_BUILDERS[method](model, config)
-    apply_method(model, method, config)
+    apply_method(model, method, config, calibration=calibration, precision_plan=precision_plan)
     allocator = RankAllocator(model, config) if method in SVD_METHODS else None
     return Tuner(model=model, method=method, config=config, allocator=allocator)

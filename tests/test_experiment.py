@@ -12,6 +12,7 @@ from adaq_lora import experiment
 from adaq_lora.experiment import RESULT_KEYS, load_result, plan_experiment, run_experiment
 from adaq_lora.metrics import METRIC_NAMES
 from adaq_lora.models import load_model
+from adaq_lora.precision import PrecisionPlan
 from adaq_lora.profiles import load_profile
 from conftest import make_tiny_llama
 
@@ -81,6 +82,8 @@ def test_a_two_step_run_writes_every_result_key_typed_with_predictions_and_adapt
     if method == "adaq_lora":
         assert all(isinstance(budget, int) for budget in saved["budgets"])
         assert set(saved["rank_pattern"].values()) <= {0, 1, 2, 3, 4}
+        plan = PrecisionPlan.load(tmp_path / "adapters")  # the base's precision plan travels with the adapters
+        assert plan.calibrated and plan.bits_per_parameter <= plan.budget_bits
     else:
         assert saved["budgets"] == [None, None] and saved["rank_pattern"] is None
     base, _ = load_model(overrides["model"])

@@ -4,6 +4,7 @@ import torch
 from bitsandbytes.nn import Linear4bit
 
 from adaq_lora import METHODS, AdaQConfig, adapter_layers, apply_method, trainable_parameters
+from adaq_lora.blockwise import BlockwiseLinear
 from adaq_lora.lora import LoraLinear
 from adaq_lora.models import DEFAULT_TARGET_MODULES, default_target_modules
 from adaq_lora.svd_adapter import SVDLinear
@@ -81,7 +82,10 @@ def test_methods_build_the_layers_the_paper_describes():
     assert layer_types["lora"] == (LoraLinear, torch.nn.Linear)
     assert layer_types["qlora"] == (LoraLinear, Linear4bit)
     assert layer_types["adalora"] == (SVDLinear, torch.nn.Linear)
-    assert layer_types["adaq_lora"] == (SVDLinear, Linear4bit)
+    # adaq_lora stores each base matrix by its precision plan: NF4 in bitsandbytes' layer, or 8/16 bits blockwise
+    assert layer_types["adaq_lora"][0] is SVDLinear and layer_types["adaq_lora"][1] in (Linear4bit, BlockwiseLinear)
+    qlora_layout = apply_method(make_tiny_llama(), "adaq_lora", AdaQConfig(init_r=4, target_r=2, precision_budget_bits=None))
+    assert all(type(layer.base_layer) is Linear4bit for layer in adapter_layers(qlora_layout).values())
 
 
 def test_full_fine_tuning_trains_every_weight(tiny_llama):

@@ -39,6 +39,16 @@ def test_every_decoder_linear_becomes_linear4bit_and_head_and_embeddings_are_unt
     assert model.is_loaded_in_4bit
 
 
+def test_chatglm_output_layer_is_an_output_head_and_stays_in_full_precision():
+    model = nn.Module()
+    model.transformer = nn.Module()
+    model.transformer.dense = nn.Linear(64, 64)
+    model.transformer.output_layer = nn.Linear(64, 128)
+    quantize_model(model)
+    assert isinstance(model.transformer.dense, bnb.nn.Linear4bit)
+    assert type(model.transformer.output_layer) is nn.Linear
+
+
 def test_quantized_weight_is_packed_uint8_of_half_the_elements_with_nf4_double_quant_state(tiny_llama):
     float_weight = tiny_llama.model.layers[0].mlp.up_proj.weight
     model = quantize_model(tiny_llama)

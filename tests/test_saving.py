@@ -6,6 +6,7 @@ import torch
 from peft import PeftModel
 
 from adaq_lora import AdaQConfig, RankAllocator, adapter_layers, apply_method, export_peft, load_adapters, save_adapters
+from adaq_lora.precision import apply_precision_plan
 from adaq_lora.quantize import quantize_model
 from conftest import make_tiny_llama
 
@@ -64,7 +65,8 @@ def test_peft_loads_the_export_with_the_same_logits(method, token_batch, tmp_pat
 def test_peft_loads_the_4bit_export_onto_the_same_4bit_base_with_the_same_logits(method, token_batch, tmp_path):
     model = trained(method, token_batch)
     export_peft(model, tmp_path, base_model_name_or_path="tiny-llama")
-    base = quantize_model(make_tiny_llama())
+    plan = getattr(model, "adaq_precision_plan", None)  # adaq_lora's base is stored by its precision plan
+    base = apply_precision_plan(make_tiny_llama(), plan) if plan is not None else quantize_model(make_tiny_llama())
     peft_model = PeftModel.from_pretrained(base, tmp_path).eval()
     ids = token_batch["input_ids"]
     assert torch.allclose(model(input_ids=ids).logits, peft_model(input_ids=ids).logits, atol=1e-5)

@@ -1,0 +1,171 @@
+"""Frozen matrices stored at a chosen precision, read back a block of rows at a time (book chapter 6).
+
+QLoRA stores the decoder's linear layers in NF4 and leaves the embedding and the output head in 16 bits. On a
+small model those two are a large share of the weights (SmolLM2-135M: 28 M of its 135 M parameters, tied), so a
+memory saving beyond QLoRA's has to reach them. `adaq_lora.precision` decides, matrix by matrix, how many bits
+each frozen matrix gets; this module holds the result:
+
+- `BlockwiseMatrix` keeps one matrix as NF4 codes (bitsandbytes' `quantize_4bit`, with double quantization),
+  as 8-bit blockwise codes (bitsandbytes' `quantize_blockwise`, its dynamic 8-bit map) or as bfloat16. Blocks
+  of 64 values run along rows, so when a row's length is a multiple of 64 any set of rows can be decoded
+  without decoding the rest: codes and scales of row i sit at fixed offsets.
+- `BlockwiseEmbedding` looks tokens up by decoding just their rows.
+- `BlockwiseLinear` computes x Wᵀ one block of output rows at a time, forward and backward, and keeps no
+  decoded weight for the backward pass: it decodes the rows again. The decoded copy alive at any instant is
+  one chunk (`CHUNK_ROWS` rows), not the whole matrix, which for the output head (49,152 × 576 floats =
+  108 MB) is what keeps the saving at the peak of a step.
+A tied embedding and head share one `BlockwiseMatrix`, so the matrix is stored once, as in the model.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .quantize import import_bitsandbytes
+
+PRECISIONS = ("nf4", "int8", "bf16")  # from the fewest bits to the most
+BLOCKSIZE = 64
+CHUNK_ROWS = 4096  # rows decoded at once by BlockwiseLinear: 4096 × 576 floats ≈ 9 MB on the default model
+
+
+class BlockwiseMatrix(nn.Module):
+    """One frozen matrix (rows × columns) at precision `precision`; `rows(index)` decodes some of its rows."""
+
+    def __init__(self, weight: torch.Tensor, precision: str):
+        super().__init__()
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+        self.precision = precision
+        self.shape = tuple(weight.shape)
+        self.dtype = weight.dtype if weight.is_floating_point() else torch.float32
+        weight = weight.detach()
+        if precision == "bf16":
+            self.register_buffer("codes", weight.to(torch.bfloat16).clone())
+            return
+        if weight.shape[1] % BLOCKSIZE:
+            raise ValueError(f"a {precision} matrix needs rows whose length is a multiple of {BLOCKSIZE} so that "
+                             f"its rows can be decoded alone; this one is {tuple(weight.shape)}: store it as bf16")
+        functional = import_bitsandbytes().functional
+        if precision == "nf4":
+            codes, state = functional.quantize_4bit(weight.float(), blocksize=BLOCKSIZE, quant_type="nf4",
+                                                    compress_statistics=True)
+            self.register_buffer("codes", codes.view(self.shape[0], -1))
+            self.register_buffer("absmax_codes", state.absmax)
+            self.register_buffer("absmax_offset", state.offset)
+            self.register_buffer("absmax_scales", state.state2.absmax)
+            self.register_buffer("absmax_table", state.state2.code)
+            self.register_buffer("table", state.code)
+        else:
+            codes, state = functional.quantize_blockwise(weight.float(), blocksize=BLOCKSIZE)
+            self.register_buffer("codes", codes.view(self.shape[0], -1))
+            self.register_buffer("absmax", state.absmax)
+            self.register_buffer("table", state.code)
+
+    @property
+    def nbytes(self) -> int:
+        """Codes and scales; the code tables (16 or 256 values) are constants of the format, not of the matrix."""
+        return sum(buffer.numel() * buffer.element_size() for name, buffer in self.named_buffers()
+                   if not name.endswith("table"))
+
+    def _row_scales(self) -> torch.Tensor:
+        """The block absmax values, one row of them per matrix row (NF4 keeps them 8-bit: decode them first)."""
+        if self.precision == "nf4":
+            functional = import_bitsandbytes().functional
+            state = functional.QuantState(absmax=self.absmax_scales, code=self.absmax_table, blocksize=256,
+                                          dtype=torch.float32)
+            absmax = functional.dequantize_blockwise(self.absmax_codes, state) + self.absmax_offset
+        else:
+            absmax = self.absmax
+        return absmax.view(self.shape[0], -1)
+
+    def rows(self, index: torch.Tensor | slice | None = None) -> torch.Tensor:
+        """Rows `index` (a slice or a tensor of row numbers; None: all) as a float tensor of the original dtype."""
+        index = slice(None) if index is None else index
+        codes = self.codes[index]
+        if self.precision == "bf16":
+            return codes.to(self.dtype)
+        functional = import_bitsandbytes().functional
+        scales = self._row_scales()[index].reshape(-1)
+        n_rows = codes.shape[0]
+        if self.precision == "nf4":
+            state = functional.QuantState(absmax=scales, shape=torch.Size((n_rows, self.shape[1])), code=self.table,
+                                          blocksize=BLOCKSIZE, quant_type="nf4", dtype=torch.float32)
+            decoded = functional.dequantize_4bit(codes.reshape(-1, 1), state)
+        else:
+            state = functional.QuantState(absmax=scales, code=self.table, blocksize=BLOCKSIZE, dtype=torch.float32)
+            decoded = functional.dequantize_blockwise(codes.reshape(-1), state).view(n_rows, self.shape[1])
+        return decoded.to(self.dtype)
+
+    def extra_repr(self) -> str:
+        return f"shape={self.shape}, precision={self.precision}, {self.nbytes / 2**20:.2f} MB"
+
+
+class _ChunkedMatmul(torch.autograd.Function):
+    """y = x Wᵀ with W decoded chunk by chunk; backward decodes again instead of keeping W."""
+
+    @staticmethod
+    def forward(ctx, x, matrix: BlockwiseMatrix):
+        ctx.matrix = matrix
+        ctx.save_for_backward(x)
+        out = x.new_empty(*x.shape[:-1], matrix.shape[0])  # filled in place: no second copy from a concatenation
+        for start in range(0, matrix.shape[0], CHUNK_ROWS):
+            out[..., start:start + CHUNK_ROWS] = x @ matrix.rows(slice(start, start + CHUNK_ROWS)).to(x.dtype).T
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        matrix = ctx.matrix
+        grad_input = None
+        if ctx.needs_input_grad[0]:
+            grad_input = sum(grad_output[..., start:start + CHUNK_ROWS]
+                             @ matrix.rows(slice(start, start + CHUNK_ROWS)).to(grad_output.dtype)
+                             for start in range(0, matrix.shape[0], CHUNK_ROWS))
+        return grad_input, None
+
+
+class BlockwiseLinear(nn.Linear):
+    """A frozen `nn.Linear` whose weight lives in a `BlockwiseMatrix`.
+
+    It is an `nn.Linear` to the code that looks for one (our adapter injection, PEFT's dispatch), but it owns
+    no weight parameter: `nn.Linear.__init__` would allocate the full-precision matrix it exists to avoid.
+    """
+
+    def __init__(self, matrix: BlockwiseMatrix, bias: torch.Tensor | None = None):
+        nn.Module.__init__(self)
+        self.matrix = matrix
+        self.out_features, self.in_features = matrix.shape
+        self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The decoded weight (a new tensor): for merging, plots and error measurements, not for the forward."""
+        return self.matrix.rows()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = _ChunkedMatmul.apply(x, self.matrix)
+        return out if self.bias is None else out + self.bias.to(out.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, precision={self.matrix.precision}"
+
+
+class BlockwiseEmbedding(nn.Module):
+    """A frozen `nn.Embedding` whose table lives in a `BlockwiseMatrix`: a lookup decodes only the rows it reads."""
+
+    def __init__(self, matrix: BlockwiseMatrix, padding_idx: int | None = None):
+        super().__init__()
+        self.matrix = matrix
+        self.num_embeddings, self.embedding_dim = matrix.shape
+        self.padding_idx = padding_idx
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.matrix.rows()
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        unique, inverse = torch.unique(input_ids, return_inverse=True)
+        return F.embedding(inverse, self.matrix.rows(unique))
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, precision={self.matrix.precision}"

@@ -1,0 +1,223 @@
+"""Importance-driven precision for the frozen base (book chapter 6; the paper's Sec. 2.3 idea turned on W0).
+
+The paper claims ADAQ-LoRA saves memory by "allocating resources according to the importance of pre-trained
+weights". Masking adapter triplets frees no bytes, and QLoRA already stores the decoder in NF4, so here the
+importance ranking is applied where the bytes are: the frozen matrices themselves, the embedding and the output
+head included (QLoRA leaves those in 16 bits, and on a small model they are a large share of the weights).
+
+Importance of a matrix W stored at precision p: the loss it costs, to second order,
+    ΔL_p(W) ≈ ½ Σ_ij F_ij (W_ij − Q_p(W)_ij)²,   F = E[(∂L/∂W)²]  (the empirical Fisher diagonal),
+measured on a few calibration examples, one example per backward pass so that F is a mean of squared
+per-example gradients. Without calibration data F ≡ 1 (the plain squared error). A matrix's importance is its
+Fisher-weighted NF4 error: what storing it in the fewest bits would cost.
+
+The plan: every matrix starts at NF4; upgrades (NF4 → 8-bit → bfloat16) are bought greedily, the largest error
+reduction per extra byte first, while the total stays within `budget_bits` per parameter. Then, within each group
+of matrices of the same shape (whose upgrades cost the same), the chosen precisions are handed out again in order
+of importance, so a more important matrix never gets fewer bits than a less important one of its shape; the
+bytes do not change.
+"""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .blockwise import BLOCKSIZE, PRECISIONS, BlockwiseEmbedding, BlockwiseLinear, BlockwiseMatrix
+from .quantize import compute_dtype_for, quantize_linear
+
+PLAN_FILE = "precision_plan.json"
+CALIBRATION_EXAMPLES = 8  # examples whose squared gradients estimate F; more cost a backward pass each
+
+
+@dataclass
+class PrecisionPlan:
+    budget_bits: float  # the budget: average bits per planned parameter, constants included
+    precisions: dict[str, str]  # module name → "nf4", "int8" or "bf16"
+    importance: dict[str, float]  # module name → ½ Σ F (W − NF4(W))², the loss NF4 storage would cost
+    nbytes: dict[str, int]  # module name → bytes at the chosen precision
+    parameters: dict[str, int]  # module name → elements of the matrix
+    tied: dict[str, list[str]] = field(default_factory=dict)  # module name → other modules sharing the matrix
+    calibrated: bool = True  # False: F ≡ 1, no calibration data was given
+
+    @property
+    def bits_per_parameter(self) -> float:
+        return 8 * sum(self.nbytes.values()) / sum(self.parameters.values())
+
+    def summary(self) -> str:
+        counts = {p: sum(1 for v in self.precisions.values() if v == p) for p in PRECISIONS}
+        return (f"{len(self.precisions)} frozen matrices, {sum(self.parameters.values()):,} parameters in "
+                f"{sum(self.nbytes.values()) / 2**20:.1f} MB ({self.bits_per_parameter:.2f} bits each, budget "
+                f"{self.budget_bits:g}): " + ", ".join(f"{n} {p}" for p, n in counts.items()))
+
+    def save(self, folder: str | Path) -> Path:
+        from .saving import write_json_atomic
+
+        path = Path(folder) / PLAN_FILE
+        write_json_atomic(path, asdict(self))
+        return path
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "PrecisionPlan":
+        path = Path(folder) / PLAN_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"no {PLAN_FILE} in {folder}: the adapters there were saved without a precision plan")
+        return cls(**json.loads(path.read_text(encoding="utf-8")))
+
+
+def calibration_batches(records: list[dict], tokenizer, max_length: int,
+                        count: int = CALIBRATION_EXAMPLES) -> list[dict]:
+    """The first `count` training records, one per batch, tokenized as the training loop tokenizes them."""
+    from .data import build_example, collate_examples
+
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return [collate_examples([build_example(record, tokenizer, max_length)], pad_id) for record in records[:count]]
+
+
+def frozen_matrices(model: nn.Module) -> dict[str, list[str]]:
+    """Module name → names of the modules that share its weight, for every nn.Linear and nn.Embedding.
+
+    Adapter layers are looked through: their `base_layer` is planned under the adapter's own name.
+    """
+    owners: dict[int, list[str]] = defaultdict(list)
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)) and not isinstance(module, BlockwiseLinear):
+            if module.weight.is_floating_point():
+                owners[id(module.weight)].append(name.removesuffix(".base_layer"))
+    return {names[0]: names[1:] for names in owners.values()}
+
+
+def fisher_diagonal(model: nn.Module, names: list[str], batches: list[dict]) -> dict[str, torch.Tensor]:
+    """F = mean over `batches` of (∂L/∂W)² for each named matrix (one batch should hold one example)."""
+    weights = {name: model.get_submodule(name).weight for name in names}
+    fisher = {name: torch.zeros_like(w, dtype=torch.float32) for name, w in weights.items()}
+    previous = {name: w.requires_grad for name, w in weights.items()}
+    hooks = []
+    for name, weight in weights.items():
+        weight.requires_grad_(True)
+
+        def accumulate(param, target=fisher[name]):
+            target.add_(param.grad.float() ** 2, alpha=1 / len(batches))
+            param.grad = None  # keep one gradient alive at a time, not the model's worth
+
+        hooks.append(weight.register_post_accumulate_grad_hook(accumulate))
+    was_training = model.training
+    model.eval()  # no dropout: F should describe the model as it will be stored
+    try:
+        device = next(iter(weights.values())).device
+        for batch in tqdm(batches, desc="calibration", leave=False):
+            model(**{k: v.to(device) for k, v in batch.items()}).loss.backward()
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for name, weight in weights.items():
+            weight.requires_grad_(previous[name])
+            weight.grad = None
+        model.train(was_training)
+    return fisher
+
+
+def available_precisions(weight: torch.Tensor) -> tuple[str, ...]:
+    return PRECISIONS if weight.shape[-1] % BLOCKSIZE == 0 else ("bf16",)
+
+
+def plan_precision(model: nn.Module, budget_bits: float, calibration: list[dict] | None = None) -> PrecisionPlan:
+    """Score every frozen matrix of the full-precision `model` and choose its precision within `budget_bits`."""
+    matrices = frozen_matrices(model)
+    fisher = fisher_diagonal(model, list(matrices), calibration) if calibration else {}
+    errors, sizes, parameters = {}, {}, {}
+    for name in tqdm(matrices, desc="scoring precisions", leave=False):
+        weight = model.get_submodule(name).weight.detach()  # detached: no autograd graph while scoring
+        weighting = fisher.pop(name, None)
+        errors[name], sizes[name] = {}, {}
+        for precision in available_precisions(weight):
+            stored = BlockwiseMatrix(weight, precision)
+            squared_error = (weight.float() - stored.rows().float()) ** 2
+            errors[name][precision] = 0.5 * float((squared_error if weighting is None else weighting * squared_error).sum())
+            sizes[name][precision] = stored.nbytes
+        parameters[name] = weight.numel()
+    budget = budget_bits * sum(parameters.values()) / 8
+    options = {name: [p for p in PRECISIONS if p in sizes[name]] for name in matrices}
+    levels = {name: 0 for name in matrices}
+    spent = sum(sizes[name][options[name][0]] for name in matrices)
+    if spent > budget:
+        raise ValueError(f"precision budget {budget_bits:g} bits per parameter is below what NF4 everywhere takes "
+                         f"({8 * spent / sum(parameters.values()):.2f}); raise precision_budget_bits to at least that")
+    while True:
+        best, best_ratio = None, -1.0
+        for name, level in levels.items():
+            if level + 1 < len(options[name]):
+                now, nxt = options[name][level], options[name][level + 1]
+                cost = sizes[name][nxt] - sizes[name][now]
+                ratio = (errors[name][now] - errors[name][nxt]) / cost
+                if spent + cost <= budget and ratio > best_ratio:
+                    best, best_ratio = name, ratio
+        if best is None:
+            break
+        spent += sizes[best][options[best][levels[best] + 1]] - sizes[best][options[best][levels[best]]]
+        levels[best] += 1
+    importance = {name: errors[name][options[name][0]] for name in matrices}
+    precisions = order_by_importance({name: options[name][levels[name]] for name in matrices}, importance,
+                                     {name: (tuple(model.get_submodule(name).weight.shape), tuple(options[name]))
+                                      for name in matrices})
+    return PrecisionPlan(budget_bits=budget_bits, precisions=precisions, importance=importance,
+                         nbytes={name: sizes[name][p] for name, p in precisions.items()}, parameters=parameters,
+                         tied={name: shared for name, shared in matrices.items() if shared},
+                         calibrated=bool(calibration))
+
+
+def order_by_importance(precisions: dict[str, str], importance: dict[str, float], group_of: dict) -> dict[str, str]:
+    """Within each group of interchangeable matrices, give the most bits to the most important ones."""
+    groups = defaultdict(list)
+    for name in precisions:
+        groups[group_of[name]].append(name)
+    ordered = {}
+    for names in groups.values():
+        by_importance = sorted(names, key=lambda n: importance[n], reverse=True)
+        by_bits = sorted((precisions[n] for n in names), key=PRECISIONS.index, reverse=True)
+        ordered.update(zip(by_importance, by_bits))
+    return {name: ordered[name] for name in precisions}
+
+
+def apply_precision_plan(model: nn.Module, plan: PrecisionPlan, compute_dtype: torch.dtype | None = None) -> nn.Module:
+    """Store every planned matrix of `model` at its precision, in place; return `model`.
+
+    Decoder linears planned at NF4 become bitsandbytes `Linear4bit`, as in QLoRA; the embedding, the output head
+    and every 8-bit or bfloat16 matrix become `Blockwise*` modules (a tied head shares its embedding's storage).
+    """
+    device = next(model.parameters()).device
+    compute_dtype = compute_dtype or compute_dtype_for(device)
+    heads = {id(model.get_output_embeddings())} if hasattr(model, "get_output_embeddings") else set()
+    for name, precision in plan.precisions.items():
+        host, leaf = _slot(model, name)
+        layer = getattr(host, leaf)
+        if layer.weight.numel() != plan.parameters[name]:
+            raise ValueError(f"the precision plan does not fit this model: {name} has {layer.weight.numel():,} "
+                             f"parameters, the plan {plan.parameters[name]:,}; apply it to the model it was made for")
+        if isinstance(layer, nn.Linear) and precision == "nf4" and id(layer) not in heads:
+            setattr(host, leaf, quantize_linear(layer, "nf4", True, compute_dtype))
+            continue
+        matrix = BlockwiseMatrix(layer.weight, precision)
+        for shared in [name, *plan.tied.get(name, [])]:
+            shared_host, shared_leaf = _slot(model, shared)
+            original = getattr(shared_host, shared_leaf)
+            setattr(shared_host, shared_leaf,
+                    BlockwiseEmbedding(matrix, original.padding_idx) if isinstance(original, nn.Embedding)
+                    else BlockwiseLinear(matrix, original.bias))
+    model.adaq_precision_plan = plan
+    model.is_loaded_in_4bit = True
+    return model
+
+
+def _slot(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    """(module holding the matrix's layer, attribute name): an adapter's `base_layer`, or the layer itself."""
+    module = model.get_submodule(name)
+    if hasattr(module, "base_layer"):
+        return module, "base_layer"
+    parent, _, leaf = name.rpartition(".")
+    return (model.get_submodule(parent) if parent else model), leaf

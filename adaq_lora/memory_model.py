@@ -9,8 +9,10 @@ Static, the same at every instant:
   quantized weights  each decoder linear of n weights in NF4: n/2 bytes of codes and a 16-entry float32 code,
                      plus per 64-weight block a float32 absmax (4 bytes), or with double quantization a uint8
                      absmax (1 byte), a float32 scale per 256 blocks, a 256-entry float32 table and an offset
+                     adaq_lora with a precision plan (precision.py): every frozen matrix, embedding and head
+                     included, at the plan's budget of bits per weight (the plan spends at most that)
   full precision     embeddings, the output head if untied, norms and biases (× w); the decoder linears too when
-                     they are not quantized. The output head is never quantized.
+                     they are not quantized. Only adaq_lora's precision plan stores the embedding and head below w.
   adapters           LoRA r·(in + out), SVD adapters r·(in + out + 1) per adapted matrix, always float32
   optimizer state    AdamW's two moments, float32: 2 × trainable × 4
   other              the batch (three int64 N-tensors), the SVD triplet masks, and for SVD methods the rank
@@ -19,8 +21,8 @@ Dynamic: the tensors the step makes, at the largest of three candidate peaks. (T
 its peak is the end of its forward pass: the logits N·V·c, their float32 copy when c ≠ 4, the log-softmax N·V·4
 and the last hidden state N·h·c.)
   A. The start of backward: every tensor saved for backward (below) and the loss's three float32 N × V tensors —
-     the log-softmax output and the two gradients backward makes first: 3·N·V·4. For SVD methods with γ > 0 the
-     regularizer's backward runs first, so P and Q already hold float32 gradients.
+     the log-softmax output and the two gradients backward makes first: 3·N·V·4. (The training step builds
+     Eq. 6's regularizer before the forward pass, so autograd runs its backward last: no adapter gradient yet.)
   B. For a 4-bit base, inside a 4-bit layer: the saved tensors and that layer's weight de-quantized to c for its
      matmul (the largest decoder matrix). It wins only where the vocabulary is small next to the layers.
   C. The optimizer step: every gradient (trainable × its dtype) and the update's temporaries, counted as optimizer
@@ -218,6 +220,9 @@ def static_bytes(shape: ModelShape, method: str, config: AdaQConfig, w: int, tok
     decoder_weights = layers * sum(i * o for i, o in decoder)
     quantized = method in QUANTIZED_METHODS
     nf4 = layers * sum(nf4_bytes(i * o, config.double_quant) for i, o in decoder)
+    if method == "adaq_lora" and config.precision_budget_bits is not None:
+        planned = (decoder_weights + shape.embedding_parameters()) * config.precision_budget_bits / 8
+        nf4, other_weights = math.ceil(planned), norms_and_biases
     svd_extras = len(matrices) * rank * 4 + 2 * adapters * 4 if method in SVD_METHODS else 0  # masks, EMAs
     return {
         "quantized_weights": nf4 if quantized else 0,
@@ -241,10 +246,9 @@ def dynamic_bytes(shape: ModelShape, method: str, config: AdaQConfig, w: int, c:
     final_norm = hidden * 4 + 4 + (2 * hidden * c if method == "full" else 0)
     svd_products = sum(rank * i * 4 for i, _ in matrices) if svd else 0
     saved = tokens * (shape.num_layers * per_token + final_norm) + svd_products
-    early_gradients = sum(rank * (i + o) * 4 for i, o in matrices) if svd and config.orth_reg_weight > 0 else 0
-    peaks = [{"activations": saved + 3 * tokens * vocab * 4, "gradients": early_gradients}]  # A
+    peaks = [{"activations": saved + 3 * tokens * vocab * 4}]  # A
     if method in QUANTIZED_METHODS:  # B
-        peaks.append({"activations": saved + max(i * o for i, o in decoder) * c, "gradients": early_gradients})
+        peaks.append({"activations": saved + max(i * o for i, o in decoder) * c})
     if method == "full":
         gradient_bytes, largest = w, max(vocab * hidden, *(i * o for i, o in decoder))
     else:

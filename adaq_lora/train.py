@@ -153,8 +153,10 @@ def train(tuner: Tuner, tokenizer, train_records: list[dict], config: TrainConfi
             indices = micro_batch_order(len(examples), config.batch_size, config.seed,
                                         (step - 1) * config.grad_accum + micro)
             batch = {k: v.to(device) for k, v in collate_examples([examples[i] for i in indices], pad_id).items()}
-            loss = model(**batch).loss
+            # Eq. 6's term before the forward pass: autograd then runs its backward last, so the adapters'
+            # gradients do not sit beside the logits' at the start of backward (the step's memory peak).
             regularizer = tuner.regularizer()
+            loss = model(**batch).loss
             if regularizer is not None:
                 loss = loss + regularizer
             if not torch.isfinite(loss):

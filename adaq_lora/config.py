@@ -2,7 +2,8 @@
 
 `AdaQConfig` gathers the hyper-parameters of the paper's methods: the LoRA rank and scale of Eq. 1, the SVD
 adapter's starting and final rank of Eq. 5, the orthogonality weight γ of Eq. 6, the importance EMAs and the
-cubic budget schedule of Sec. 2.3, the 4-bit storage of the frozen base, and the learning rate of Sec. 3.
+cubic budget schedule of Sec. 2.3 (with the rank compaction of its final phase), the 4-bit storage of the
+frozen base, and the learning rate of Sec. 3.
 It is validated when it is built, so a bad value fails before any model is touched.
 """
 from __future__ import annotations
@@ -37,6 +38,8 @@ class AdaQConfig:
     precision_budget_bits: float | None = 4.5  # adaq_lora: mean bits per frozen weight, embedding and head included; None: QLoRA's layout
     compute_dtype: str = "auto"  # dtype of the 4-bit layers' matmuls: auto = float32 on CPU, bfloat16 on GPU
     init_std: float = 0.02  # std of the Gaussian start of A (Eq. 1) and of P, Q (Eq. 5), as PEFT's AdaLoRA
+    loftq_init: bool = False  # adaq_lora: start ΔW at the best rank-init_r fit of the quantization error W − W0 (LoftQ, loftq.py)
+    compact_ranks: bool = True  # in the final phase, shrink SVD adapters to their kept triplets and free the importance EMAs
     extra: dict = field(default_factory=dict)  # free-form notes stored with the adapters (e.g. the model id)
 
     def __post_init__(self):

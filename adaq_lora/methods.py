@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .config import LORA_METHODS, QUANTIZED_METHODS, SVD_METHODS, AdaQConfig, check_method
+from .loftq import loftq_start
 from .lora import AdapterLayer, LoraLinear
 from .models import default_target_modules, linear_leaf_names
 from .precision import PrecisionPlan, apply_precision_plan, plan_precision
@@ -46,6 +47,9 @@ def apply_method(model: nn.Module, method: str, config: AdaQConfig | None = None
     """
     check_method(method)
     config = config or AdaQConfig()
+    if config.loftq_init and not (method in SVD_METHODS and method in QUANTIZED_METHODS):
+        raise ValueError(f"loftq_init=True starts the adapters from the quantization error, so it needs SVD adapters "
+                         f"on a quantized base (method 'adaq_lora'), not method {method!r}")
     if getattr(model, "adaq_method", None) is not None:
         raise ValueError(f"method {model.adaq_method!r} is already applied to this model; load a fresh one")
     for param in model.parameters():
@@ -56,6 +60,9 @@ def apply_method(model: nn.Module, method: str, config: AdaQConfig | None = None
         unknown = sorted(set(targets) - available)
         if unknown:
             raise ValueError(f"unknown target module(s) {unknown}; this model's linear layers are: {sorted(available)}")
+        # references, not copies: they keep the targets' full-precision weights alive through quantization
+        originals = ({name: layer.weight.detach() for name, layer in target_linears(model, targets)}
+                     if config.loftq_init else {})
         if method in QUANTIZED_METHODS:
             compute_dtype = resolve_compute_dtype(config, next(model.parameters()).device)
             if method == "adaq_lora" and (precision_plan is not None or config.precision_budget_bits is not None):
@@ -65,6 +72,7 @@ def apply_method(model: nn.Module, method: str, config: AdaQConfig | None = None
                 quantize_model(model, quant_type=config.quant_type, double_quant=config.double_quant,
                                compute_dtype=compute_dtype)
         inject_adapters(model, ADAPTER_LAYERS[method], targets, config)
+        loftq_start(model, originals)
     model.adaq_method = method
     model.adaq_config = config
     return model
@@ -73,14 +81,18 @@ def apply_method(model: nn.Module, method: str, config: AdaQConfig | None = None
 def inject_adapters(model: nn.Module, layer_class: type[AdapterLayer], targets, config: AdaQConfig) -> None:
     """Replace every linear layer whose leaf name is in `targets` by `layer_class` wrapped around it."""
     rank = config.init_r if layer_class is SVDLinear else config.r
-    chosen = [(name, module) for name, module in model.named_modules()
-              if name.rsplit(".", 1)[-1] in targets and isinstance(module, nn.Linear)]
-    for name, module in chosen:
+    for name, module in target_linears(model, targets):
         parent_name, _, leaf = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         adapter = layer_class(module, rank, config.lora_alpha, config.lora_dropout, config.init_std)
         device = next(chain(module.parameters(), module.buffers())).device  # a blockwise base holds only buffers
         setattr(parent, leaf, adapter.to(device))
+
+
+def target_linears(model: nn.Module, targets) -> list[tuple[str, nn.Linear]]:
+    """(name, layer) for every linear layer whose leaf name is in `targets`."""
+    return [(name, module) for name, module in model.named_modules()
+            if name.rsplit(".", 1)[-1] in targets and isinstance(module, nn.Linear)]
 
 
 def adapter_layers(model: nn.Module) -> dict[str, AdapterLayer]:

@@ -30,7 +30,7 @@ class PeftTuner(Tuner):
     def _peft_allocator(self):
         return getattr(self.model.base_model, "rankallocator", None)
 
-    def after_optimizer_step(self) -> int | None:
+    def after_optimizer_step(self, optimizer: torch.optim.Optimizer | None = None) -> int | None:
         allocator = self._peft_allocator()
         if allocator is None:
             return None
@@ -55,7 +55,7 @@ class PeftTuner(Tuner):
         return {"global_step": self.global_step, "ipt": allocator.ipt, "exp_avg_ipt": allocator.exp_avg_ipt,
                 "exp_avg_unc": allocator.exp_avg_unc, "rank_pattern": self.model.peft_config["default"].rank_pattern}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, optimizer: torch.optim.Optimizer | None = None) -> None:
         allocator = self._peft_allocator()
         if allocator is None:
             return

@@ -8,7 +8,8 @@ One budget b(t) holds for all n matrices together. It stays at n · init_r for t
 cubic to n · target_r by step T − t_final, and stays there:
     b(t) = b_T + (b_0 − b_T) · (1 − (t − t_init) / (T − t_init − t_final))³.
 Every ΔT steps the b(t) best triplets over the whole model stay visible and the others are masked. In the final
-t_final steps the mask is fixed; the rank each matrix keeps is the rank pattern.
+t_final steps the mask is fixed; the rank each matrix keeps is the rank pattern. `compact(optimizer)` then
+shrinks the adapters to it and frees the EMAs (compaction.py).
 
 Call `step()` in a plain training loop after `optimizer.step()` and before `optimizer.zero_grad()`: it reads the
 gradients. (The Hugging Face Trainer never calls PEFT's `update_and_allocate`; forgetting it leaves the budget
@@ -19,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .compaction import compact_layers, kept_triplets, leading_triplets
 from .config import AdaQConfig
 from .svd_adapter import SVDLinear, svd_layers
 
@@ -50,6 +52,7 @@ class RankAllocator:
         self.global_step = 0
         self.budget = self.initial_budget
         self.rank_pattern: dict[str, int] | None = None
+        self.compacted = False  # adapters shrunk to the rank pattern, EMAs freed
 
     def budget_at(self, step: int) -> int:
         c = self.config
@@ -123,6 +126,15 @@ class RankAllocator:
             self.mask_to_budget(self.budget)
         return self.budget
 
+    def compact(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Final phase: shrink every adapter (and `optimizer`'s state) to its kept triplets, free the EMAs."""
+        if self.rank_pattern is None:
+            raise ValueError(f"step {self.global_step} is before the final phase: masked triplets may still come back")
+        compact_layers(self.layers, kept_triplets(self.layers), optimizer)
+        self.sensitivity.clear()  # never read again once the mask is fixed
+        self.uncertainty.clear()
+        self.compacted = True
+
     def current_rank_pattern(self) -> dict[str, int]:
         return {name: layer.active_rank for name, layer in self.layers.items()}
 
@@ -131,14 +143,23 @@ class RankAllocator:
             "global_step": self.global_step,
             "budget": self.budget,
             "rank_pattern": self.rank_pattern,
+            "compacted": self.compacted,
             "sensitivity": {f"{n}|{p}": t for (n, p), t in self.sensitivity.items()},
             "uncertainty": {f"{n}|{p}": t for (n, p), t in self.uncertainty.items()},
         }
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Restore `state`; a compacted one first shrinks the adapters (and `optimizer`'s parameters) to its
+        rank pattern, so the saved tensors and optimizer state that are loaded next fit their shapes."""
+        compacted = state.get("compacted", False)
+        if self.compacted and not compacted:
+            raise ValueError("the adapters are compacted: an uncompacted allocator state no longer fits them")
         self.global_step = state["global_step"]
         self.budget = state["budget"]
         self.rank_pattern = state["rank_pattern"]
+        if compacted and not self.compacted:
+            compact_layers(self.layers, leading_triplets(self.layers, self.rank_pattern), optimizer)
+            self.compacted = True
         for target, source in ((self.sensitivity, state["sensitivity"]), (self.uncertainty, state["uncertainty"])):
             target.clear()
             for key, tensor in source.items():

@@ -2,11 +2,14 @@
 
 Our own format keeps everything a resumed run needs: every adapter tensor (masked triplets included, since
 they may come back), the triplet masks, the method, its `AdaQConfig` and the rank pattern, in
-`adaq_adapters.safetensors` + `adaq_config.json`.
+`adaq_adapters.safetensors` + `adaq_config.json`. Adapters compacted in the final phase are saved at their kept
+rank; loading compacts the fresh model's adapters to the saved ranks first. An `adaq_lora` model's precision plan
+(`precision_plan.json`) is saved beside them, and loading stores the fresh base by it.
 
 `export_peft` writes what `peft.PeftModel.from_pretrained` reads: LoRA/QLoRA adapters as a PEFT `LoraConfig`,
 AdaLoRA/ADAQ-LoRA adapters as an `AdaLoraConfig` whose rank pattern lists the kept triplets. PEFT then shrinks
-each SVD adapter to its kept rank and keeps the scale α / init_r, so its logits equal ours.
+each SVD adapter to its kept rank and keeps the scale α / init_r, so its logits equal ours. PEFT's rank pattern
+indexes its init_r triplets, so a compacted adapter's pattern is its kept count padded with False to init_r.
 """
 from __future__ import annotations
 
@@ -19,9 +22,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .compaction import compact_layers, leading_triplets
 from .config import SVD_METHODS, AdaQConfig
 from .methods import adapter_layers, apply_method
-from .svd_adapter import SVDLinear
+from .precision import PLAN_FILE, PrecisionPlan
+from .svd_adapter import SVDLinear, svd_layers
 
 WEIGHTS_FILE = "adaq_adapters.safetensors"
 CONFIG_FILE = "adaq_config.json"
@@ -77,6 +82,9 @@ def save_adapters(model: nn.Module, path: str | Path) -> Path:
         "rank_pattern": rank_pattern(model),
         "base_model": getattr(model, "name_or_path", None),
     })
+    plan = getattr(model, "adaq_precision_plan", None)
+    if plan is not None:
+        plan.save(path)
     return path
 
 
@@ -89,10 +97,16 @@ def load_adapters(model: nn.Module, path: str | Path) -> nn.Module:
             raise FileNotFoundError(f"{file} is missing: {path} is not a folder written by adaq_lora.save_adapters")
     saved = json.loads(config_file.read_text())
     if getattr(model, "adaq_method", None) is None:
-        apply_method(model, saved["method"], AdaQConfig.from_dict(saved["config"]))
+        # the base is stored as it was in training: by the saved precision plan, not by one made anew
+        plan = PrecisionPlan.load(path) if (path / PLAN_FILE).exists() else None
+        apply_method(model, saved["method"], AdaQConfig.from_dict(saved["config"]), precision_plan=plan)
     elif model.adaq_method != saved["method"]:
         raise ValueError(f"{path} holds {saved['method']!r} adapters but the model has {model.adaq_method!r} applied")
     tensors = load_file(weights_file)
+    layers = svd_layers(model)
+    saved_ranks = {name: tensors[key].shape[0] for name in layers if (key := f"{name}.triplet_mask") in tensors}
+    compacted = {name: rank for name, rank in saved_ranks.items() if rank < layers[name].r}
+    compact_layers(layers, leading_triplets(layers, compacted))  # saved after rank compaction: shapes first
     expected = adapter_state(model)
     missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing or unexpected:
@@ -126,7 +140,7 @@ def export_peft(model: nn.Module, path: str | Path, base_model_name_or_path: str
         pattern = {}
         for name, layer in layers.items():
             keep = layer.triplet_mask.view(-1).bool()
-            pattern[f"{name}.lora_E"] = keep.tolist()
+            pattern[f"{name}.lora_E"] = keep.tolist() + [False] * (config.init_r - layer.r)
             tensors[f"base_model.model.{name}.lora_A"] = layer.lora_A[keep]
             tensors[f"base_model.model.{name}.lora_E"] = layer.lora_E[keep]
             tensors[f"base_model.model.{name}.lora_B"] = layer.lora_B[:, keep]

@@ -2,7 +2,8 @@
 
 Paged AdamW from bitsandbytes, maximum gradient norm 0.1, batch size 1, a constant learning rate of 3e-4: the
 recipe of Sec. 3. The loss is the causal-LM cross-entropy on the answer tokens plus γ Σ_k R(P_k, Q_k) for the
-SVD methods (Sec. 2.3), and the rank allocator steps after every optimizer step, before `zero_grad`.
+SVD methods (Sec. 2.3), and the rank allocator steps after every optimizer step, before `zero_grad`; when its
+final phase fixes the mask it compacts the adapters and the optimizer's state to the kept triplets.
 
 The batch order is a function of the seed and the step alone, and a checkpoint holds the trainable tensors, the
 optimizer and allocator state and the random generator's state, so a run killed after a checkpoint and resumed
@@ -83,6 +84,10 @@ def make_optimizer(params, name: str, learning_rate: float) -> torch.optim.Optim
     return import_bitsandbytes().optim.PagedAdamW(params, lr=learning_rate, weight_decay=0.0)
 
 
+def optimized_parameters(optimizer: torch.optim.Optimizer) -> list[torch.nn.Parameter]:
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
 def micro_batch_order(n_examples: int, batch_size: int, seed: int, micro_step: int) -> list[int]:
     """The example indices of micro-batch `micro_step`: each epoch a fresh seeded shuffle, a function of the step."""
     per_epoch = max(1, n_examples // batch_size)
@@ -110,15 +115,17 @@ def save_checkpoint(path: Path, tuner: Tuner, optimizer, step: int, result: Trai
 
 def load_checkpoint(path: Path, tuner: Tuner, optimizer) -> tuple[int, TrainResult]:
     payload = torch.load(path / CHECKPOINT_FILE, weights_only=False)
-    current = dict(tuner.model.named_parameters()) | dict(tuner.model.named_buffers())
-    missing = sorted(set(payload["trainable"]) - set(current))
+    names = {name for name, _ in tuner.model.named_parameters()} | {name for name, _ in tuner.model.named_buffers()}
+    missing = sorted(set(payload["trainable"]) - names)
     if missing:
         raise ValueError(f"{path / CHECKPOINT_FILE} does not fit this model/method: no {missing[:3]} here")
+    # first: a checkpoint written after rank compaction shrinks the adapters and the optimizer's parameters
+    tuner.load_state_dict(payload["tuner"], optimizer)
+    current = dict(tuner.model.named_parameters()) | dict(tuner.model.named_buffers())
     with torch.no_grad():
         for name, tensor in payload["trainable"].items():
             current[name].copy_(tensor)
     optimizer.load_state_dict(payload["optimizer"])
-    tuner.load_state_dict(payload["tuner"])
     torch.set_rng_state(payload["rng"])
     return payload["step"], TrainResult(**payload["result"])
 
@@ -135,6 +142,7 @@ def train(tuner: Tuner, tokenizer, train_records: list[dict], config: TrainConfi
     if not params:
         raise ValueError(f"method {tuner.method!r} has nothing to train")
     optimizer = make_optimizer(params, config.optimizer, tuner.config.learning_rate)
+    del params  # rank compaction replaces parameters; the optimizer's groups always list the current ones
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
@@ -168,9 +176,9 @@ def train(tuner: Tuner, tokenizer, train_records: list[dict], config: TrainConfi
             (loss / config.grad_accum).backward()
             step_loss += loss.item() / config.grad_accum
             result.tokens += int(batch["attention_mask"].sum())
-        torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        torch.nn.utils.clip_grad_norm_(optimized_parameters(optimizer), config.max_grad_norm)
         optimizer.step()
-        budget = tuner.after_optimizer_step()
+        budget = tuner.after_optimizer_step(optimizer)
         optimizer.zero_grad(set_to_none=True)
         result.losses.append(step_loss)
         result.budgets.append(budget)

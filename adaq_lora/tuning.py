@@ -33,9 +33,20 @@ class Tuner:
             return None
         return self.config.orth_reg_weight * orthogonal_regularizer(self.model)
 
-    def after_optimizer_step(self) -> int | None:
-        """Run after optimizer.step(), before zero_grad(); returns the rank budget in force, if any."""
-        return self.allocator.step() if self.allocator is not None else None
+    def after_optimizer_step(self, optimizer: torch.optim.Optimizer | None = None) -> int | None:
+        """Run after optimizer.step(), before zero_grad(); returns the rank budget in force, if any.
+
+        With `config.compact_ranks`, the final phase's first step compacts the adapters and moves `optimizer`'s
+        parameters and state with them. Without an optimizer nothing is compacted: one we cannot see would go
+        on updating the old parameters.
+        """
+        if self.allocator is None:
+            return None
+        budget = self.allocator.step()
+        if (self.config.compact_ranks and optimizer is not None and self.allocator.rank_pattern is not None
+                and not self.allocator.compacted):
+            self.allocator.compact(optimizer)
+        return budget
 
     def rank_pattern(self) -> dict[str, int] | None:
         if self.allocator is None:
@@ -45,16 +56,15 @@ class Tuner:
     def state_dict(self) -> dict:
         return self.allocator.state_dict() if self.allocator is not None else {}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Restore `state`; call before loading tensors into the model and `optimizer`: a compacted state
+        first shrinks the adapters and the optimizer's parameters to the shapes it was saved with."""
         if self.allocator is not None:
-            self.allocator.load_state_dict(state)
+            self.allocator.load_state_dict(state, optimizer)
 
     def save(self, path, base_model_name_or_path: str | None = None) -> None:
-        """Adapters in our format and in PEFT's, side by side in one folder, with the base's precision plan if any."""
+        """Adapters in our format (with the base's precision plan, if any) and in PEFT's, side by side in one folder."""
         save_adapters(self.model, path)
-        plan = getattr(self.model, "adaq_precision_plan", None)
-        if plan is not None:
-            plan.save(path)
         if self.method not in ("base", "full"):
             export_peft(self.model, path, base_model_name_or_path)
 

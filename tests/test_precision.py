@@ -140,3 +140,15 @@ def test_qlora_layout_is_kept_when_the_budget_is_none():
     model = apply_method(make_tiny_llama(), "adaq_lora", AdaQConfig(precision_budget_bits=None))
     assert not hasattr(model, "adaq_precision_plan")
     assert type(model.model.embed_tokens) is torch.nn.Embedding
+
+
+def test_saved_adaq_lora_adapters_reload_onto_a_base_stored_by_the_same_plan(tmp_path, token_batch):
+    from adaq_lora import load_adapters, save_adapters
+
+    model = apply_method(make_tiny_llama(), "adaq_lora", AdaQConfig(precision_budget_bits=5.0),
+                         calibration=calibration())
+    save_adapters(model, tmp_path)
+    reloaded = load_adapters(make_tiny_llama(), tmp_path)  # no calibration data: the plan comes from the folder
+    assert reloaded.adaq_precision_plan == model.adaq_precision_plan
+    with torch.no_grad():
+        assert torch.equal(model(**token_batch).logits, reloaded(**token_batch).logits)

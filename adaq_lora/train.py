@@ -88,6 +88,26 @@ def optimized_parameters(optimizer: torch.optim.Optimizer) -> list[torch.nn.Para
     return [p for group in optimizer.param_groups for p in group["params"]]
 
 
+def training_loss(tuner: Tuner, batch: dict) -> torch.Tensor:
+    """L = C + γ Σ_k R(P_k, Q_k) on one micro-batch (Sec. 2.3).
+
+    Eq. 6's term is built before the forward pass: autograd then runs its backward last, so the adapters'
+    gradients do not sit beside the logits' at the start of backward (the step's memory peak).
+    """
+    regularizer = tuner.regularizer()
+    loss = tuner.model(**batch).loss
+    return loss if regularizer is None else loss + regularizer
+
+
+def finish_step(tuner: Tuner, optimizer: torch.optim.Optimizer, max_grad_norm: float) -> int | None:
+    """Clip, take the optimizer step, let the allocator read the gradients, clear them; return the budget in force."""
+    torch.nn.utils.clip_grad_norm_(optimized_parameters(optimizer), max_grad_norm)
+    optimizer.step()
+    budget = tuner.after_optimizer_step(optimizer)
+    optimizer.zero_grad(set_to_none=True)
+    return budget
+
+
 def micro_batch_order(n_examples: int, batch_size: int, seed: int, micro_step: int) -> list[int]:
     """The example indices of micro-batch `micro_step`: each epoch a fresh seeded shuffle, a function of the step."""
     per_epoch = max(1, n_examples // batch_size)
@@ -161,12 +181,7 @@ def train(tuner: Tuner, tokenizer, train_records: list[dict], config: TrainConfi
             indices = micro_batch_order(len(examples), config.batch_size, config.seed,
                                         (step - 1) * config.grad_accum + micro)
             batch = {k: v.to(device) for k, v in collate_examples([examples[i] for i in indices], pad_id).items()}
-            # Eq. 6's term before the forward pass: autograd then runs its backward last, so the adapters'
-            # gradients do not sit beside the logits' at the start of backward (the step's memory peak).
-            regularizer = tuner.regularizer()
-            loss = model(**batch).loss
-            if regularizer is not None:
-                loss = loss + regularizer
+            loss = training_loss(tuner, batch)
             if not torch.isfinite(loss):
                 saved = f"the checkpoint in {checkpoint_dir} stays usable" if checkpoint_dir else "no checkpoint was kept"
                 raise FloatingPointError(
@@ -176,10 +191,7 @@ def train(tuner: Tuner, tokenizer, train_records: list[dict], config: TrainConfi
             (loss / config.grad_accum).backward()
             step_loss += loss.item() / config.grad_accum
             result.tokens += int(batch["attention_mask"].sum())
-        torch.nn.utils.clip_grad_norm_(optimized_parameters(optimizer), config.max_grad_norm)
-        optimizer.step()
-        budget = tuner.after_optimizer_step(optimizer)
-        optimizer.zero_grad(set_to_none=True)
+        budget = finish_step(tuner, optimizer, config.max_grad_norm)
         result.losses.append(step_loss)
         result.budgets.append(budget)
         result.step_seconds.append(time.perf_counter() - began)

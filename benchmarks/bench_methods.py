@@ -33,7 +33,7 @@ from adaq_lora import AdaQConfig, load_model
 from adaq_lora.data import build_example, collate_examples, load_records
 from adaq_lora.experiment import package_versions, tuner_memory
 from adaq_lora.saving import write_json_atomic
-from adaq_lora.train import make_optimizer
+from adaq_lora.train import finish_step, make_optimizer, training_loss
 from adaq_lora.tuning import Tuner, prepare
 
 PAIRS = (("adaq_lora", "peft-adalora"), ("qlora", "peft-qlora"), ("lora", "peft-lora"))
@@ -51,10 +51,6 @@ class Contestant:
     tuner: Tuner  # the prepared model
     optimizer: torch.optim.Optimizer  # paged AdamW over its trainable parameters
     step_seconds: list[float] = field(default_factory=list)  # timed steps only
-
-    @property
-    def params(self) -> list[torch.nn.Parameter]:
-        return [p for p in self.tuner.model.parameters() if p.requires_grad]
 
 
 def fixed_length_batches(tokenizer, count: int) -> list[dict[str, torch.Tensor]]:
@@ -87,15 +83,8 @@ def contestant(method: str, base_model: torch.nn.Module, gradient_checkpointing:
 def training_step(player: Contestant, batch: dict[str, torch.Tensor]) -> float:
     """One optimizer step as `adaq_lora.train.train` takes it; returns its wall time."""
     began = time.perf_counter()
-    regularizer = player.tuner.regularizer()
-    loss = player.tuner.model(**batch).loss
-    if regularizer is not None:
-        loss = loss + regularizer
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(player.params, MAX_GRAD_NORM)
-    player.optimizer.step()
-    player.tuner.after_optimizer_step()
-    player.optimizer.zero_grad(set_to_none=True)
+    training_loss(player.tuner, batch).backward()
+    finish_step(player.tuner, player.optimizer, MAX_GRAD_NORM)
     return time.perf_counter() - began
 
 

@@ -272,8 +272,10 @@ def tuner_memory(tuner: Tuner, batch: dict, max_grad_norm: float) -> MemoryBreak
     """`memory.measure_training_memory` of a prepared method, ours or a PEFT peer, with its own loss terms."""
     # Eq. 6's term is ours to add for our SVD methods; PEFT's AdaLoRA adds its own inside the forward pass.
     orth_reg_weight = tuner.config.orth_reg_weight if tuner.allocator is not None else 0.0
+    # once the mask is fixed the allocator stops updating its importance EMAs (compaction frees them): nor does the step
+    scoring = tuner.allocator if tuner.allocator is not None and tuner.allocator.rank_pattern is None else None
     return measure_training_memory(tuner.model, batch, orth_reg_weight=orth_reg_weight, max_grad_norm=max_grad_norm,
-                                   allocator=tuner.allocator)
+                                   allocator=scoring)
 
 
 def _write_predictions(path: Path, records: list[dict], predictions: list[str], per_example: dict) -> None:

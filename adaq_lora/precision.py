@@ -29,7 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .blockwise import BLOCKSIZE, PRECISIONS, BlockwiseEmbedding, BlockwiseLinear, BlockwiseMatrix
-from .quantize import compute_dtype_for, quantize_linear
+from .quantize import OUTPUT_HEADS, compute_dtype_for, quantize_linear
 
 PLAN_FILE = "precision_plan.json"
 CALIBRATION_EXAMPLES = 8  # examples whose squared gradients estimate F; more cost a backward pass each
@@ -192,14 +192,13 @@ def apply_precision_plan(model: nn.Module, plan: PrecisionPlan, compute_dtype: t
     """
     device = next(model.parameters()).device
     compute_dtype = compute_dtype or compute_dtype_for(device)
-    heads = {id(model.get_output_embeddings())} if hasattr(model, "get_output_embeddings") else set()
     for name, precision in plan.precisions.items():
         host, leaf = _slot(model, name)
         layer = getattr(host, leaf)
         if layer.weight.numel() != plan.parameters[name]:
             raise ValueError(f"the precision plan does not fit this model: {name} has {layer.weight.numel():,} "
                              f"parameters, the plan {plan.parameters[name]:,}; apply it to the model it was made for")
-        if isinstance(layer, nn.Linear) and precision == "nf4" and id(layer) not in heads:
+        if isinstance(layer, nn.Linear) and precision == "nf4" and name.rsplit(".", 1)[-1] not in OUTPUT_HEADS:
             setattr(host, leaf, quantize_linear(layer, "nf4", True, compute_dtype))
             continue
         matrix = BlockwiseMatrix(layer.weight, precision)

@@ -35,7 +35,7 @@ class AdaQConfig:
     learning_rate: float = 3e-4  # the paper's constant learning rate (Sec. 3)
     quant_type: str = "nf4"  # 4-bit storage of the frozen base: "nf4" (the paper's) or "fp4"
     double_quant: bool = True  # quantize the block absmax values again (QLoRA's double quantization)
-    precision_budget_bits: float | None = 4.5  # adaq_lora: mean bits per frozen weight, embedding and head included; None: QLoRA's layout
+    precision_budget_bits: float | None = 6.0  # adaq_lora: mean bits per frozen weight, embedding and head included; None: QLoRA's layout
     compute_dtype: str = "auto"  # dtype of the 4-bit layers' matmuls: auto = float32 on CPU, bfloat16 on GPU
     init_std: float = 0.02  # std of the Gaussian start of A (Eq. 1) and of P, Q (Eq. 5), as PEFT's AdaLoRA
     loftq_init: bool = False  # adaq_lora: start ΔW at the best rank-init_r fit of the quantization error W − W0 (LoftQ, loftq.py)

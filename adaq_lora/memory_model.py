@@ -317,6 +317,9 @@ def paper_memory_comparison(seq_len: int = 512, batch_size: int = 1,
     an assumption and a parameter. The "GLM2" row is the untrained model, so `base` is predicted as the weights
     and one forward pass with the loss, without gradients or optimizer state.
     """
+    from .profiles import load_profile  # the paper profile's settings: its precision budget for ChatGLM2-6B
+
+    adaq_config = adaq_config or AdaQConfig(precision_budget_bits=load_profile("paper").precision_budget_bits)
     model_config = load_chatglm2_6b_config()
     return [PaperMemoryRow(row, method,
                            predict_training_memory(model_config, method, adaq_config, seq_len, batch_size,

@@ -10,6 +10,7 @@ from adaq_lora.config import SVD_METHODS
 from adaq_lora.memory import CATEGORIES, MB, measure_training_memory, static_tensors, token_batch
 from adaq_lora.memory_model import (ModelShape, load_chatglm2_6b_config, nf4_bytes, paper_memory_comparison,
                                     predict_training_memory)
+from adaq_lora.profiles import load_profile
 from adaq_lora.quantize import quantize_linear
 
 SMALL_LLAMA = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
@@ -108,7 +109,8 @@ def test_prediction_is_within_15_percent_of_the_measurement_on_the_default_model
 def test_chatglm2_6b_memory_follows_the_storage_of_each_method():
     glm = load_chatglm2_6b_config()
     assert ModelShape.from_config(glm).parameter_count() == 6_243_584_000
-    totals = {method: predict_training_memory(glm, method, AdaQConfig(), 512, 1, weight_dtype=torch.bfloat16,
+    paper_budget = AdaQConfig(precision_budget_bits=load_profile("paper").precision_budget_bits)
+    totals = {method: predict_training_memory(glm, method, paper_budget, 512, 1, weight_dtype=torch.bfloat16,
                                               device="cuda").total_mb
               for method in ("full", "lora", "qlora", "adaq_lora")}
     assert totals["full"] > totals["lora"] > totals["qlora"] > totals["adaq_lora"]

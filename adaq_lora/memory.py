@@ -31,6 +31,7 @@ it holds beyond the sum above (allocator rounding, library workspaces, tensors o
 from __future__ import annotations
 
 import gc
+import os
 from dataclasses import asdict, dataclass
 from itertools import groupby
 
@@ -51,6 +52,9 @@ CATEGORIES = ("quantized_weights", "full_precision_weights", "adapters", "gradie
               "activations", "other")
 OPTIMIZER_REGION = "adaq_lora.optimizer_update"  # clipping and the optimizer's step
 IMPORTANCE_REGION = "adaq_lora.importance_update"  # the rank allocator's EMAs of Sec. 2.3
+# Kineto writes a line at its top level (USDT, 5) to stderr at every profiler start and stop: two per measured step in
+# a notebook's output. Level 6 silences it, errors included; a level the user has set is kept.
+os.environ.setdefault("KINETO_LOG_LEVEL", "6")
 REGIONS = {OPTIMIZER_REGION: "optimizer_state", IMPORTANCE_REGION: "other"}  # what a region's new tensors count as
 
 

@@ -59,7 +59,7 @@ RESULT_KEYS = (
     "method", "dataset", "model", "profile", "settings", "seed", "n_train", "n_test", "total_steps",
     *METRIC_NAMES, "intervals", "memory_mb", "memory_breakdown", "memory_measured",
     "train_seconds", "median_step_seconds", "tokens_per_second", "eval_seconds", "wall_seconds",
-    "trainable_parameters", "rank_pattern", "losses", "budgets", "versions", "finished_at",
+    "trainable_parameters", "rank_pattern", "losses", "lm_losses", "budgets", "versions", "finished_at",
 )
 
 
@@ -181,6 +181,7 @@ def execute(experiment: Experiment, out_dir: str | Path, force: bool = False, pr
         "trainable_parameters": trainable_parameters(tuner.model),
         "rank_pattern": tuner.rank_pattern(),
         "losses": training.losses if training else [],
+        "lm_losses": training.lm_losses if training else [],
         "budgets": training.budgets if training else [],
         "versions": package_versions(),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -58,6 +58,7 @@ class TrainConfig:
 @dataclass
 class TrainResult:
     losses: list[float] = field(default_factory=list)  # training loss per optimizer step (regularizer included)
+    lm_losses: list[float] = field(default_factory=list)  # its cross-entropy alone, comparable across methods
     budgets: list[int | None] = field(default_factory=list)  # rank budget in force after each step
     step_seconds: list[float] = field(default_factory=list)  # wall time of each optimizer step
     tokens: int = 0  # non-padding tokens seen
@@ -88,15 +89,15 @@ def optimized_parameters(optimizer: torch.optim.Optimizer) -> list[torch.nn.Para
     return [p for group in optimizer.param_groups for p in group["params"]]
 
 
-def training_loss(tuner: Tuner, batch: dict) -> torch.Tensor:
-    """L = C + γ Σ_k R(P_k, Q_k) on one micro-batch (Sec. 2.3).
+def training_loss(tuner: Tuner, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """L = C + γ Σ_k R(P_k, Q_k) on one micro-batch (Sec. 2.3), and C alone.
 
     Eq. 6's term is built before the forward pass: autograd then runs its backward last, so the adapters'
     gradients do not sit beside the logits' at the start of backward (the step's memory peak).
     """
     regularizer = tuner.regularizer()
-    loss = tuner.model(**batch).loss
-    return loss if regularizer is None else loss + regularizer
+    cross_entropy = tuner.model(**batch).loss
+    return (cross_entropy if regularizer is None else cross_entropy + regularizer), cross_entropy
 
 
 def finish_step(tuner: Tuner, optimizer: torch.optim.Optimizer, max_grad_norm: float) -> int | None:
@@ -176,12 +177,12 @@ def train(tuner: Tuner, tokenizer, train_records: list[dict], config: TrainConfi
     bar = tqdm(total=config.max_steps, initial=start, desc=tuner.method, disable=not config.progress)
     for step in range(start + 1, config.max_steps + 1):
         began = time.perf_counter()
-        step_loss = 0.0
+        step_loss = step_cross_entropy = 0.0
         for micro in range(config.grad_accum):
             indices = micro_batch_order(len(examples), config.batch_size, config.seed,
                                         (step - 1) * config.grad_accum + micro)
             batch = {k: v.to(device) for k, v in collate_examples([examples[i] for i in indices], pad_id).items()}
-            loss = training_loss(tuner, batch)
+            loss, cross_entropy = training_loss(tuner, batch)
             if not torch.isfinite(loss):
                 saved = f"the checkpoint in {checkpoint_dir} stays usable" if checkpoint_dir else "no checkpoint was kept"
                 raise FloatingPointError(
@@ -190,9 +191,11 @@ def train(tuner: Tuner, tokenizer, train_records: list[dict], config: TrainConfi
                 )
             (loss / config.grad_accum).backward()
             step_loss += loss.item() / config.grad_accum
+            step_cross_entropy += cross_entropy.item() / config.grad_accum
             result.tokens += int(batch["attention_mask"].sum())
         budget = finish_step(tuner, optimizer, config.max_grad_norm)
         result.losses.append(step_loss)
+        result.lm_losses.append(step_cross_entropy)
         result.budgets.append(budget)
         result.step_seconds.append(time.perf_counter() - began)
         bar.update(1)

@@ -83,7 +83,7 @@ def contestant(method: str, base_model: torch.nn.Module, gradient_checkpointing:
 def training_step(player: Contestant, batch: dict[str, torch.Tensor]) -> float:
     """One optimizer step as `adaq_lora.train.train` takes it; returns its wall time."""
     began = time.perf_counter()
-    training_loss(player.tuner, batch).backward()
+    training_loss(player.tuner, batch)[0].backward()
     finish_step(player.tuner, player.optimizer, MAX_GRAD_NORM)
     return time.perf_counter() - began
 

@@ -58,8 +58,23 @@ def test_a_run_killed_and_resumed_ends_with_the_same_adapters_as_a_straight_run(
     resumed, resumed_result = run(method, smol_tokenizer, steps=6, checkpoint_dir=tmp_path, checkpoint_every=3,
                                   lora_dropout=0.1)
     assert resumed_result.losses == straight_result.losses
+    assert resumed_result.lm_losses == straight_result.lm_losses
     for name, tensor in trainable(straight).items():
         assert torch.equal(tensor, trainable(resumed)[name]), name
+
+
+@pytest.mark.parametrize("method", ["adaq_lora", "lora"])
+def test_the_recorded_cross_entropy_leaves_out_only_the_orthogonality_term(method, smol_tokenizer):
+    # one step, so the term is measured on the adapters the step's loss saw: the SVD start P, Q
+    torch.manual_seed(0)
+    tuner = prepare(make_tiny_llama(vocab_size=len(smol_tokenizer)), method,
+                    AdaQConfig(r=4, init_r=4, target_r=2, t_init=1, t_final=1, total_steps=3))
+    regularizer = tuner.regularizer()
+    expected_gap = 0.0 if regularizer is None else float(regularizer)
+    result = train(tuner, smol_tokenizer, RECORDS, TrainConfig(max_steps=1, max_length=48, progress=False))
+    assert len(result.lm_losses) == len(result.losses) == 1
+    assert result.losses[0] - result.lm_losses[0] == pytest.approx(expected_gap, rel=1e-4, abs=1e-6)
+    assert (expected_gap > 0) == (method == "adaq_lora")
 
 
 def test_the_same_seed_gives_the_same_losses_and_another_seed_does_not(smol_tokenizer):

@@ -4,15 +4,16 @@ The paper claims, on both data sets, that ADAQ-LoRA scores above the untrained m
 well as QLoRA, and with less memory than either. A score claim is tested by a paired bootstrap of the Avg score over
 the same test examples (`metrics.paired_bootstrap`): it *reproduces* when the whole 95% interval of the difference
 lies above zero, *does not reproduce* when the whole interval lies below, and is *not resolved at this size*
-otherwise; for "at least as well", an interval around zero is *consistent*: no difference either way was resolved. A memory claim compares the measured peaks.
-The verdicts are computed; nothing here is typed but the claims' wording.
+otherwise; for "at least as well", an interval around zero is *consistent*: no difference either way was resolved.
+A memory claim compares the measured peaks. The verdicts are computed; nothing here is typed but the claims' wording.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from .data import json_lines_rows
+from .experiment import PREDICTIONS_FILE
 from .metrics import paired_bootstrap
 
 SCORE_CLAIMS = (  # (claim, the method ADAQ-LoRA is compared with, whether a tie is enough)
@@ -38,9 +39,9 @@ class ClaimCheck:
 
 def per_example_scores(result: dict) -> dict[str, list[float]]:
     """The per-example scores in the predictions.jsonl beside a collected result.json (`tables.collect_results`)."""
-    path = Path(result["path"]).parent / "predictions.jsonl"
+    path = Path(result["path"]).parent / PREDICTIONS_FILE
     try:
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = [row for _, row in json_lines_rows(path.read_text(encoding="utf-8"), path)]
     except FileNotFoundError:
         raise ValueError(f"{path} is missing: the paired comparison needs each run's predictions; rerun that cell")
     if not rows:
@@ -78,9 +79,10 @@ def check_claims(results: list[dict]) -> list[ClaimCheck]:
         for claim, other_method in MEMORY_CLAIMS:
             if other_method not in runs:
                 continue
-            ratio = adaq["memory_mb"] / runs[other_method]["memory_mb"]
-            checks.append(ClaimCheck(dataset, claim, f"{adaq['memory_mb']:.0f} MB vs {runs[other_method]['memory_mb']:.0f}"
-                                     f" MB ({ratio:.2f}×)", REPRODUCES if ratio < 1 else FAILS))
+            other_mb = runs[other_method]["memory_mb"]
+            ratio = adaq["memory_mb"] / other_mb
+            checks.append(ClaimCheck(dataset, claim, f"{adaq['memory_mb']:.0f} MB vs {other_mb:.0f} MB ({ratio:.2f}×)",
+                                     REPRODUCES if ratio < 1 else FAILS))
     return checks
 
 

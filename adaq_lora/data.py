@@ -177,13 +177,14 @@ def _load_file(path, field_map):
     if path.suffix == ".json" and text.lstrip().startswith("["):
         rows = _json_array_rows(text, path)
     else:
-        rows = _json_lines_rows(text, path)
+        rows = json_lines_rows(text, path)
     if not rows:
         raise ValueError(f"{path}: holds no records (an empty JSON array)")
     return [_to_record(row, field_map, where) for where, row in rows]
 
 
-def _json_lines_rows(text, path):
+def json_lines_rows(text, path) -> list[tuple[str, object]]:
+    """Each non-blank line of a JSON Lines text parsed, beside "<path>, line N" for messages about it."""
     rows = []
     # Split on "\n" only: str.splitlines would also split at U+2028, which may sit inside a string.
     for line_number, line in enumerate(text.split("\n"), start=1):

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .quantize import import_bitsandbytes
+from .kernels import import_bitsandbytes
 
 PRECISIONS = ("nf4", "int8", "bf16")  # from the fewest bits to the most
 BLOCKSIZE = 64

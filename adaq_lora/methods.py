@@ -43,9 +43,11 @@ def apply_method(model: nn.Module, method: str, config: AdaQConfig | None = None
     `adaq_lora` with `config.precision_budget_bits` set stores the frozen base by a precision plan
     (`precision.py`): `precision_plan` if given (e.g. loaded with saved adapters), else one made now from the
     `calibration` batches (one example each; None: the data-free plan). Seed torch before the call: the
-    adapters' random starts come from torch's generator.
+    adapters' random starts come from torch's generator. The model keeps the mode it had (as PEFT's
+    `get_peft_model` does): the new layers would otherwise start in training mode, with dropout on.
     """
     check_method(method)
+    training = model.training
     config = config or AdaQConfig()
     if config.loftq_init and not (method in SVD_METHODS and method in QUANTIZED_METHODS):
         raise ValueError(f"loftq_init=True starts the adapters from the quantization error, so it needs SVD adapters "
@@ -73,6 +75,7 @@ def apply_method(model: nn.Module, method: str, config: AdaQConfig | None = None
                                compute_dtype=compute_dtype)
         inject_adapters(model, ADAPTER_LAYERS[method], targets, config)
         loftq_start(model, originals)
+    model.train(training)
     model.adaq_method = method
     model.adaq_config = config
     return model

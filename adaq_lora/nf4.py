@@ -8,7 +8,7 @@ technology added") and takes the storage format from QLoRA (Dettmers et al. 2023
 * double quantization: the float32 scales are quantized again, to 8 bits in blocks of 256.
 
 This module is the reference the chapter teaches; `bitsandbytes` is the quantizer the project runs
-(`adaq_lora.quantize`). The tests hold the two equal: the levels, the packed bytes and the
+(`adaq_lora.quantize`), checked against this reference on every CPU (`adaq_lora.kernels`). The tests hold the two equal: the levels, the packed bytes and the
 dequantized weights match `bitsandbytes.functional.quantize_4bit` / `dequantize_4bit` exactly
 (with double quantization, wherever the 8-bit scale codes agree).
 One step cannot match bit for bit on the CPU: bitsandbytes 0.50.2's CPU kernel for 8-bit block-wise
@@ -23,7 +23,6 @@ from statistics import NormalDist
 import torch
 import torch.nn.functional as F
 
-from adaq_lora.quantize import import_bitsandbytes
 
 NF4_OFFSET = 0.9677083
 """QLoRA's outermost quantile: the largest level sits at the 96.77th percentile of N(0, 1)."""
@@ -169,22 +168,3 @@ def dequantize_nf4(quantized: NF4Tensor) -> torch.Tensor:
     codes = unpack_nibbles(quantized.packed, count)
     values = dequantize_blockwise(codes, block_absmax(quantized), nf4_levels(), quantized.blocksize)
     return values.reshape(quantized.shape).to(quantized.dtype)
-
-
-def quantization_error(weight: torch.Tensor, data_type: str, blocksize: int = 64) -> torch.Tensor:
-    """Element-wise error (reconstruction minus weight) of a 4-bit round trip, in float32.
-
-    `data_type` is "nf4" or "int4" (this module's reference, scales kept in float32) or "fp4"
-    (bitsandbytes' 4-bit float: 1 sign, 2 exponent, 1 mantissa bit). All three use the same
-    block-wise absmax scaling, so they differ only in where their levels sit.
-    """
-    weight = weight.float()
-    if data_type == "fp4":
-        functional = import_bitsandbytes().functional
-        packed, state = functional.quantize_4bit(weight, blocksize=blocksize, quant_type="fp4")
-        return functional.dequantize_4bit(packed, state) - weight
-    if data_type not in ("nf4", "int4"):
-        raise ValueError(f"data_type must be 'nf4', 'int4' or 'fp4', not {data_type!r}")
-    levels = nf4_levels() if data_type == "nf4" else int4_levels()
-    codes, absmax = quantize_blockwise(weight, levels, blocksize)
-    return dequantize_blockwise(codes, absmax, levels, blocksize).reshape(weight.shape) - weight

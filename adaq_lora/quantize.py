@@ -14,20 +14,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-BITSANDBYTES_PIN = "bitsandbytes==0.50.2"
+from .kernels import import_bitsandbytes
+from .nf4 import dequantize_blockwise, int4_levels, nf4_levels, quantize_blockwise
+
 # The output heads of the supported families: Llama-style models call it `lm_head`, ChatGLM `output_layer`.
 OUTPUT_HEADS = ("lm_head", "output_layer")
-
-
-def import_bitsandbytes():
-    """The `bitsandbytes` module, or an ImportError that says how to install it."""
-    try:
-        import bitsandbytes
-    except ImportError as error:
-        raise ImportError(
-            f"4-bit quantization needs bitsandbytes: pip install {BITSANDBYTES_PIN}"
-        ) from error
-    return bitsandbytes
 
 
 def compute_dtype_for(device: torch.device | str) -> torch.dtype:
@@ -189,3 +180,22 @@ def storage_report(model: nn.Module) -> StorageReport:
             other_parameters += parameter.numel()
             other_bytes += _nbytes(parameter)
     return StorageReport(quantized_parameters, quantized_bytes, other_parameters, other_bytes)
+
+
+def quantization_error(weight: torch.Tensor, data_type: str, blocksize: int = 64) -> torch.Tensor:
+    """Element-wise error (reconstruction minus weight) of a 4-bit round trip, in float32.
+
+    `data_type` is "nf4" or "int4" (`adaq_lora.nf4`'s reference, scales kept in float32) or "fp4"
+    (bitsandbytes' 4-bit float: 1 sign, 2 exponent, 1 mantissa bit). All three use the same
+    block-wise absmax scaling, so they differ only in where their levels sit.
+    """
+    weight = weight.float()
+    if data_type == "fp4":
+        functional = import_bitsandbytes().functional
+        packed, state = functional.quantize_4bit(weight, blocksize=blocksize, quant_type="fp4")
+        return functional.dequantize_4bit(packed, state) - weight
+    if data_type not in ("nf4", "int4"):
+        raise ValueError(f"data_type must be 'nf4', 'int4' or 'fp4', not {data_type!r}")
+    levels = nf4_levels() if data_type == "nf4" else int4_levels()
+    codes, absmax = quantize_blockwise(weight, levels, blocksize)
+    return dequantize_blockwise(codes, absmax, levels, blocksize).reshape(weight.shape) - weight

@@ -80,7 +80,7 @@ class TrainResult:
 def make_optimizer(params, name: str, learning_rate: float) -> torch.optim.Optimizer:
     if name == "adamw":
         return torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
-    from .quantize import import_bitsandbytes
+    from .kernels import import_bitsandbytes
 
     return import_bitsandbytes().optim.PagedAdamW(params, lr=learning_rate, weight_decay=0.0)
 

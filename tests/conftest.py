@@ -7,6 +7,11 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from adaq_lora.kernels import import_bitsandbytes
+
+# Tests compare against bitsandbytes as the package runs it: with this CPU's faulty kernels routed (kernels.py).
+import_bitsandbytes()
+
 TINY_LLAMA = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, vocab_size=128, max_position_embeddings=64)
 

@@ -74,6 +74,15 @@ def test_prediction_matches_measurement_on_a_small_llama(small_llama_memory):
     (torch.float32, "eager", ("lora",)),
 ])
 def test_prediction_matches_measurement_in_bfloat16_and_with_eager_attention(dtype, attention, methods):
+    """The CPU's matmul path is pinned to torch's own kernels: where the CPU has AVX-512, bfloat16 matmuls go to
+    oneDNN otherwise, whose temporaries move the peak inside a 4-bit layer (qlora measured 2.48 MiB of
+    activations there against 2.56 with torch's kernels, predicted 2.64), and a test's outcome must not depend on
+    the CPU it runs on. A GPU, the paper's setting, takes neither path."""
+    with torch.backends.mkldnn.flags(enabled=False):
+        check_prediction_in(dtype, attention, methods)
+
+
+def check_prediction_in(dtype, attention, methods):
     for method in methods:
         torch.manual_seed(0)
         model = LlamaForCausalLM(LlamaConfig(**SMALL_LLAMA, attn_implementation=attention)).to(dtype)

@@ -97,3 +97,21 @@ def test_a_method_cannot_be_applied_twice(tiny_llama):
     model = apply_method(tiny_llama, "lora")
     with pytest.raises(ValueError, match="already applied"):
         apply_method(model, "adalora")
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora", "adalora", "adaq_lora"])
+def test_apply_method_keeps_the_mode_the_model_had_so_dropout_stays_off_for_logits(method, token_batch):
+    """With dropout 0.5 on the adapters, a layer left in training mode would change the logits between two calls.
+    Adapters are perturbed away from ΔW = 0 first, so dropout on their input would show."""
+    config = AdaQConfig(r=4, init_r=4, target_r=2, lora_dropout=0.5, precision_budget_bits=None)
+    torch.manual_seed(0)
+    model = apply_method(make_tiny_llama(), method, config)
+    assert not any(module.training for module in model.modules())
+    with torch.no_grad():
+        for layer in adapter_layers(model).values():
+            for parameter in (layer.lora_B, getattr(layer, "lora_E", layer.lora_B)):
+                parameter.add_(0.1)
+        first, second = (model(token_batch["input_ids"]).logits for _ in range(2))
+    assert torch.equal(first, second)
+    training = apply_method(make_tiny_llama().train(), method, config)
+    assert all(module.training for module in training.modules())

@@ -10,9 +10,9 @@ from adaq_lora.nf4 import (
     dequantize_nf4,
     dynamic_levels,
     nf4_levels,
-    quantization_error,
     quantize_nf4,
 )
+from adaq_lora.quantize import quantization_error
 
 # bitsandbytes 0.50.2's CPU kernel for 8-bit block-wise quantization looks the nearest level up on a
 # grid of 65,536 points spanning [-1, 1]; values are rounded to the nearest grid point first.

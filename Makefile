@@ -1,5 +1,6 @@
 # Two commands on a fresh machine with Python 3.11 and pip:
-#   make book   install into $(VENV), execute every chapter with papermill (profile $(PROFILE)), build the HTML
+#   make book   install into $(VENV), execute every chapter with papermill (profile $(PROFILE)), build the HTML,
+#               check it (scripts/check_site.py: no raw Markdown tables, remote scripts or tracebacks)
 #   make test   install into $(VENV), run the tests
 #
 # The book's source notebooks in book/ carry no outputs. scripts/execute_book.py executes them into
@@ -48,6 +49,7 @@ test: $(STAMP)
 book: $(STAMP)
 	$(OFFLINE) $(PY) scripts/execute_book.py --profile $(PROFILE) $(if $(CHAPTER),--only $(CHAPTER))
 	$(VENV)/bin/jupyter-book build _build/site --path-output .
+	$(PY) scripts/check_site.py _build/html
 	@echo "The book: $(CURDIR)/_build/html/index.html"
 
 clean:

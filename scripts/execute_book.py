@@ -6,7 +6,9 @@ The source notebooks in ``book/`` are kept without outputs. This script:
 2. executes each one with papermill, passing ``{"profile": PROFILE}`` to its cell tagged ``parameters``,
    with the notebook's own folder as working directory, and writes the executed copy to
    ``_build/executed/<same relative path>``;
-3. assembles ``_build/site/``: ``_config.yml``, ``_toc.yml``, the folders that hold the book's pages
+3. tidies that copy for reading (``tidy_for_reading``): each progress bar's many refreshes become its final
+   line, and papermill's injected-parameters cell is folded away behind a toggle;
+4. assembles ``_build/site/``: ``_config.yml``, ``_toc.yml``, the folders that hold the book's pages
    (``book/``, with figures and Markdown pages), and the executed notebooks in place of the sources.
 
 ``jupyter-book build _build/site --path-output .`` then writes the HTML to ``_build/html/`` without
@@ -39,6 +41,10 @@ import yaml
 PROFILES = ("ci", "cpu", "paper")
 KERNEL_NAME = "python3"
 PAGE_SUFFIXES = (".ipynb", ".md", ".rst")
+INJECTED_PARAMETERS_TAG = "injected-parameters"  # papermill's tag on the cell it adds
+# hide-cell, not remove-cell: the injected cell holds the values in force, and with `make book PROFILE=cpu`
+# they differ from the parameters cell's defaults (profile = "ci"), so they stay one click away.
+INJECTED_PARAMETERS_DISPLAY_TAG = "hide-cell"
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
@@ -155,6 +161,57 @@ def _first_line(text: str) -> str:
     return "(empty cell)"
 
 
+def apply_carriage_returns(text: str) -> str:
+    """Keep, of each line, only the text after its last carriage return, as a notebook front end shows it.
+
+    A progress bar redraws itself by writing ``\\r`` and its new state on the same line; the line's final
+    state is what a reader of the rendered page should see. ``\\r\\n`` is a line end, not a redraw.
+    """
+    lines = text.replace("\r\n", "\n").split("\n")
+    return "\n".join(line.rsplit("\r", 1)[-1] for line in lines)
+
+
+def _is_stream(output, name: str | None = None) -> bool:
+    return output.get("output_type") == "stream" and name in (None, output.get("name"))
+
+
+def merge_streams(outputs: list) -> list:
+    """Join consecutive stream outputs of the same stream and apply carriage returns to the joined text.
+
+    The kernel sends every progress-bar refresh as its own stream message, and the book would show each as
+    its own output block. A stream left with nothing but white space (a bar cleared on closing, a bar's last
+    line end arriving after another stream's output) is dropped: it would show as an empty block. Other
+    outputs, and the order of all outputs, are kept; the input is not changed.
+    """
+    merged = []
+    for output in outputs:
+        if not _is_stream(output):
+            merged.append(output)
+        elif merged and _is_stream(merged[-1], output["name"]):
+            merged[-1]["text"] += output["text"]
+        else:
+            merged.append(nbformat.NotebookNode(output))  # a copy, so that the += above leaves the input alone
+    for output in merged:
+        if _is_stream(output):
+            output["text"] = apply_carriage_returns(output["text"])
+    return [output for output in merged if not _is_stream(output) or output["text"].strip()]
+
+
+def tidy_for_reading(path: Path) -> None:
+    """Rewrite an executed notebook for the rendered book: progress bars to their final lines, and the cell
+    papermill injected folded behind a toggle, so that the parameters do not show twice on the page.
+    """
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        cell.outputs = merge_streams(cell.outputs)
+        tags = cell.metadata.get("tags", [])
+        if INJECTED_PARAMETERS_TAG in tags and INJECTED_PARAMETERS_DISPLAY_TAG not in tags:
+            cell.metadata["tags"] = tags + [INJECTED_PARAMETERS_DISPLAY_TAG]
+    nbformat.write(nb, path)
+
+
 def execute_chapter(root: Path, notebook: Path, executed: Path, profile: str, log_output: bool) -> float:
     """Execute one chapter into ``executed``; return its wall time in seconds."""
     import papermill
@@ -194,7 +251,9 @@ def execute_chapter(root: Path, notebook: Path, executed: Path, profile: str, lo
         ) from None
     except Exception as error:  # the kernel died, could not start, timed out, ...
         raise BookError(f"chapter {name} failed: {type(error).__name__}: {error}") from None
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    tidy_for_reading(executed)
+    return seconds
 
 
 def executed_profile(path: Path) -> str | None:

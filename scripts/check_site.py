@@ -1,0 +1,143 @@
+"""Check the built HTML book for defects a reader would see, offline, that the build itself lets through.
+
+Usage::
+
+    python scripts/check_site.py [HTML_FOLDER]      # default: _build/html
+
+Every ``.html`` page under the folder is checked for:
+
+- a raw Markdown table: pipe-table text (a ``|---|---|`` delimiter row, or a line of ``|``-separated cells)
+  in the rendered text, outside ``<pre>`` and ``<code>``; a ``text/markdown`` output rendered without table
+  support shows up this way;
+- a remote script or stylesheet (``<script src="https://...">``, ``<link rel="stylesheet" href="https://...">``)
+  or a math CDN named in an inline script: offline, the page would lose its formulas or its layout. Other
+  URLs in inline scripts are not loaded with the page: sphinx-thebe's ``THEBE_JS_URL`` is fetched only
+  when a reader presses a "live code" button, which this book does not show (``launch_buttons: thebe``
+  is off);
+- a Python traceback in the page: the text ``Traceback (most recent call last)`` or myst-nb's traceback
+  output, left by a cell that raised.
+
+It prints one line per finding, naming the page and the offending snippet, and exits with status 1 if there
+is any (status 2 when the folder holds no pages), 0 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+from bs4 import BeautifulSoup
+
+REMOTE = re.compile(r"^(https?:)?//", re.IGNORECASE)
+MATH_CDN = re.compile(r"(?:https?:)?//[^\s\"'<>]*(?:mathjax|katex)[^\s\"'<>]*", re.IGNORECASE)
+TRACEBACK_TEXT = "Traceback (most recent call last)"
+TRACEBACK_CLASSES = ("traceback", "highlight-ipythontb")  # myst-nb's classes for an error output
+UNRENDERED_ELEMENTS = ("pre", "code", "script", "style")
+LINK_RELS_THAT_LOAD = {"stylesheet", "preload", "modulepreload"}
+# Elements that start a new line in the rendered page, so that their texts do not run into each other.
+BLOCK_ELEMENTS = ("p", "div", "li", "td", "th", "tr", "dt", "dd", "blockquote", "section", "br",
+                  "h1", "h2", "h3", "h4", "h5", "h6", "table", "caption", "figure", "figcaption")
+
+
+def shorten(text: str, limit: int = 100) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def is_pipe_table_line(line: str) -> bool:
+    """A delimiter row (``|---|:--:|``) or a row of two or more cells between pipes (``| a | b |``)."""
+    line = line.strip()
+    if "|" in line and "---" in line and re.fullmatch(r"[\s|:-]+", line):
+        return True
+    return line.startswith("|") and line.endswith("|") and line.count("|") >= 3
+
+
+def rendered_lines(soup: BeautifulSoup) -> list[str]:
+    """The page's visible prose, line by line: without code, preformatted text (outputs), scripts and styles.
+
+    Code may hold a Markdown table legitimately (a listing of one); prose may not.
+    """
+    for tag in soup.find_all(UNRENDERED_ELEMENTS):
+        tag.decompose()
+    for tag in soup.find_all(BLOCK_ELEMENTS):
+        tag.insert_before("\n")
+        tag.insert_after("\n")
+    return soup.get_text().splitlines()
+
+
+def raw_tables(soup: BeautifulSoup) -> list[str]:
+    """One finding per run of pipe-table lines (a raw table), quoting its first line."""
+    findings = []
+    run: list[str] = []
+    for line in rendered_lines(soup) + [""]:
+        if is_pipe_table_line(line):
+            run.append(line)
+        elif run:
+            findings.append(f"raw Markdown table text ({len(run)} line(s)): {shorten(run[0])!r}")
+            run = []
+    return findings
+
+
+def remote_assets(soup: BeautifulSoup) -> list[str]:
+    """Scripts and stylesheets loaded from the network, and math CDNs named in inline scripts."""
+    findings = []
+    for script in soup.find_all("script"):
+        src = script.get("src")
+        if src and REMOTE.match(src):
+            findings.append(f"remote script: <script src={src!r}>")
+        elif not src:
+            findings += [f"math CDN in an inline script: {url!r}" for url in MATH_CDN.findall(script.get_text())]
+    for link in soup.find_all("link"):
+        rels = {rel.lower() for rel in link.get("rel", [])}
+        href = link.get("href", "")
+        if rels & LINK_RELS_THAT_LOAD and REMOTE.match(href):
+            findings.append(f"remote stylesheet or preload: <link rel={' '.join(sorted(rels))!r} href={href!r}>")
+    return findings
+
+
+def tracebacks(soup: BeautifulSoup) -> list[str]:
+    """myst-nb's error outputs, or else (a traceback printed to a stream) the traceback text itself."""
+    findings = [f"traceback output: {shorten(tag.get_text())!r}" for tag in soup.find_all(class_=TRACEBACK_CLASSES)]
+    text = soup.get_text()
+    if not findings and TRACEBACK_TEXT in text:
+        findings.append(f"traceback text: {shorten(text[text.index(TRACEBACK_TEXT):])!r}")
+    return findings
+
+
+def check_page(html: str) -> list[str]:
+    """Every defect found in one page, each as a line that quotes the offending snippet."""
+    soup = BeautifulSoup(html, "html.parser")
+    return remote_assets(soup) + tracebacks(soup) + raw_tables(soup)  # raw_tables last: it takes the tree apart
+
+
+def check_site(folder: Path, pages: list[Path]) -> list[str]:
+    """``page: finding`` for every defect of every page, the page named relative to ``folder``."""
+    report = []
+    for page in pages:
+        name = page.relative_to(folder).as_posix()
+        report += [f"{name}: {finding}" for finding in check_page(page.read_text(encoding="utf-8"))]
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("folder", nargs="?", type=Path, default=Path("_build/html"), help="the built HTML (default: _build/html)")
+    folder = parser.parse_args(argv).folder
+    pages = sorted(folder.rglob("*.html"))
+    if not pages:
+        print(f"error: {folder} holds no .html pages; build the book first (make book) or name the HTML folder", file=sys.stderr)
+        return 2
+    report = check_site(folder, pages)
+    for line in report:
+        print(line)
+    if report:
+        print(f"check_site: {len(report)} problem(s) in {len(pages)} page(s) of {folder}", file=sys.stderr)
+        return 1
+    print(f"check_site: {len(pages)} page(s) in {folder}: no raw Markdown tables, remote scripts or stylesheets, or tracebacks")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""scripts/check_site.py fails, naming the page and the snippet, on raw Markdown tables, remote scripts or
+stylesheets, and tracebacks; a clean page passes."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+PAGE = """<!DOCTYPE html>
+<html><head>
+<link rel="stylesheet" href="_static/styles/theme.css">
+<link rel="canonical" href="https://example.org/book/page.html">
+<script src="_static/mathjax/tex-chtml.js"></script>
+{head}
+</head><body><main>
+<h1>A chapter</h1>
+<p>Prose with one pipe | in it, and <span class="math notranslate nohighlight">\\(|x| + |y|\\)</span>.</p>
+<table><thead><tr><th><p>Method</p></th><th><p>Rouge-1</p></th></tr></thead>
+<tbody><tr><td><p>lora</p></td><td><p>0.41</p></td></tr></tbody></table>
+<div class="highlight"><pre>| a markdown | table in a listing |
+|---|---|</pre></div>
+<p><code>| a | b |</code></p>
+<p>A <a href="https://example.org">link</a>.</p>
+<div class="cell_output docutils container"><div class="output stderr highlight-myst-ansi notranslate">
+<pre>calibration: 100%|##########| 8/8</pre></div></div>
+{body}
+</main></body></html>
+"""
+
+RAW_TABLE = "<p>| Method | Source | Rouge-1 |\n|---|---|---|\n| lora | ours | 0.41 |</p>"
+STREAM_TRACEBACK = (
+    '<div class="output stderr"><pre>Traceback (most recent call last):\n'
+    '  File "run.py", line 3, in &lt;module&gt;\nValueError: no data</pre></div>'
+)
+ERROR_OUTPUT = (
+    '<div class="output traceback highlight-ipythontb notranslate"><pre>'
+    "ValueError                                Traceback (most recent call last)\n"
+    "Cell In[3], line 11</pre></div>"
+)
+
+
+@pytest.fixture(scope="module")
+def check_site():
+    spec = importlib.util.spec_from_file_location("check_site", ROOT / "scripts" / "check_site.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_site(folder: Path, bad_head: str = "", bad_body: str = "") -> Path:
+    """A clean index.html and a book/chapter.html that carries the defect given, if any."""
+    (folder / "book").mkdir(parents=True)
+    (folder / "index.html").write_text(PAGE.format(head="", body=""), encoding="utf-8")
+    (folder / "book" / "chapter.html").write_text(PAGE.format(head=bad_head, body=bad_body), encoding="utf-8")
+    return folder
+
+
+def run(check_site, folder: Path, capsys) -> tuple[int, list[str], str]:
+    status = check_site.main([str(folder)])
+    out, err = capsys.readouterr()
+    return status, out.splitlines(), err
+
+
+def test_a_clean_site_passes(check_site, tmp_path: Path, capsys):
+    status, out, err = run(check_site, write_site(tmp_path), capsys)
+    assert (status, err) == (0, "")
+    assert out == [
+        f"check_site: 2 page(s) in {tmp_path}: no raw Markdown tables, remote scripts or stylesheets, or tracebacks"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("head", "body", "finding"),
+    [
+        ("", RAW_TABLE, "raw Markdown table text (3 line(s)): '| Method | Source | Rouge-1 |'"),
+        ("", "<p>Only the delimiter row survived:</p><p>| --- |</p>", "raw Markdown table text (1 line(s)): '| --- |'"),
+        (
+            '<script src="https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-chtml.js"></script>',
+            "",
+            "remote script: <script src='https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-chtml.js'>",
+        ),
+        (
+            '<script>var s = document.createElement("script"); s.src = "//cdnjs.cloudflare.com/ajax/libs/mathjax/2.7.7/MathJax.js";</script>',
+            "",
+            "math CDN in an inline script: '//cdnjs.cloudflare.com/ajax/libs/mathjax/2.7.7/MathJax.js'",
+        ),
+        (
+            '<link rel="stylesheet" href="https://fonts.example.org/font.css">',
+            "",
+            "remote stylesheet or preload: <link rel='stylesheet' href='https://fonts.example.org/font.css'>",
+        ),
+        ("", ERROR_OUTPUT, "traceback output: 'ValueError Traceback (most recent call last) Cell In[3], line 11'"),
+        (
+            "",
+            STREAM_TRACEBACK,
+            "traceback text: 'Traceback (most recent call last): File \"run.py\", line 3, in <module> ValueError: no data'",
+        ),
+    ],
+    ids=["raw-table", "delimiter-row", "remote-mathjax", "inline-math-cdn", "remote-stylesheet", "error-output", "stream-traceback"],
+)
+def test_each_defect_fails_naming_the_page_and_the_snippet(check_site, tmp_path: Path, capsys, head, body, finding):
+    status, out, err = run(check_site, write_site(tmp_path, head, body), capsys)
+    assert status == 1
+    assert out == [f"book/chapter.html: {finding}"]
+    assert err == f"check_site: 1 problem(s) in 2 page(s) of {tmp_path}\n"
+
+
+def test_a_folder_without_pages_is_an_error_that_says_what_to_do(check_site, tmp_path: Path, capsys):
+    status, out, err = run(check_site, tmp_path, capsys)
+    assert (status, out) == (2, [])
+    assert err == f"error: {tmp_path} holds no .html pages; build the book first (make book) or name the HTML folder\n"

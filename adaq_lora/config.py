@@ -1,19 +1,19 @@
-"""The one configuration every method reads (book chapters 1, 3, 5 and 6).
+"""The two configurations: what every method reads, and how the loop trains (book chapters 1, 3, 5, 6 and 7).
 
 `AdaQConfig` gathers the hyper-parameters of the paper's methods: the LoRA rank and scale of Eq. 1, the SVD
 adapter's starting and final rank of Eq. 5, the orthogonality weight γ of Eq. 6, the importance EMAs and the
 cubic budget schedule of Sec. 2.3 (with the rank compaction of its final phase), the 4-bit storage of the
 frozen base, and the learning rate of Sec. 3.
-It is validated when it is built, so a bad value fails before any model is touched.
+`TrainConfig` holds the loop's recipe of Sec. 3 (batch, accumulation, clipping, the optimizer, checkpoints).
+Each is validated when it is built, so a bad value fails before any model is touched. A hyper-parameter has one
+home, here: profiles nest the two (`adaq_lora.profiles`), the PEFT peers and the export map them to PEFT's names
+in one function (`tuners.peers.peft_config`).
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
-METHODS = ("base", "full", "lora", "qlora", "adalora", "adaq_lora")
-QUANTIZED_METHODS = ("qlora", "adaq_lora")
-SVD_METHODS = ("adalora", "adaq_lora")
-LORA_METHODS = ("lora", "qlora")
+OPTIMIZERS = ("paged_adamw", "adamw")  # bitsandbytes' paged AdamW (the paper's, Sec. 3) or torch's
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
@@ -102,7 +102,28 @@ class AdaQConfig:
         return cls(**data)
 
 
-def check_method(method: str) -> str:
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
-    return method
+@dataclass
+class TrainConfig:
+    max_steps: int | None = None  # optimizer steps of the run; None: one pass over the training records
+    batch_size: int = 1  # examples per micro-batch; the paper's is 1
+    grad_accum: int = 1  # micro-batches per optimizer step
+    max_length: int = 128  # tokens per example, prompt + answer, truncated from the end
+    max_grad_norm: float = 0.1  # the paper's gradient clipping
+    optimizer: str = "paged_adamw"  # "paged_adamw" (bitsandbytes, the paper's) or "adamw" (torch)
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more time
+    checkpoint_every: int = 0  # write a resumable checkpoint every N steps; 0 for none
+    seed: int = 0  # batch order and dropout
+    progress: bool = True  # show a progress bar with loss, learning rate and budget
+
+    def __post_init__(self):
+        for name in ("max_steps", "batch_size", "grad_accum", "max_length"):
+            if name == "max_steps" and self.max_steps is None:
+                continue
+            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        if not self.max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm must be > 0, got {self.max_grad_norm}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")

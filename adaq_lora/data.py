@@ -3,7 +3,7 @@ tokenized training examples.
 
 Paper Section 3 ("Experiment and Result Analysis"): Alpaca_Chinese and School_math, divided 80/20 into
 training and test sets; "by adding prompt instructions before input", the prompt is the instruction
-followed by the input and the answer is the output. Book chapter "Data and prompts".
+followed by the input and the answer is the output. Book chapters 1 and 7.
 
 A record is a dict with three strings: ``instruction``, ``input`` ("" when the set has none) and
 ``output``. ``load_records`` reads them from a stand-in name, a hub id or a JSON / JSONL path, and
@@ -15,6 +15,7 @@ has one (with the generation prompt that opens the assistant turn); otherwise it
 newline. The answer and the end-of-sequence token follow. Only the answer is learned: prompt positions
 carry the label -100, which the cross-entropy loss ignores.
 """
+from __future__ import annotations
 
 import json
 import random
@@ -48,7 +49,7 @@ class FieldMap:
                 raise ValueError(f"FieldMap.{field} must be a non-empty column name, got {column!r}")
 
     @property
-    def required_columns(self):
+    def required_columns(self) -> tuple[str, ...]:
         return (self.instruction, self.output)
 
 
@@ -60,7 +61,7 @@ HUB_FIELD_MAPS = {
 }
 
 
-def load_records(source, field_map=None):
+def load_records(source: str | Path, field_map: FieldMap | None = None) -> list[dict]:
     """Load instruction records from a stand-in name, a JSON / JSONL path, or a hub id.
 
     ``source`` is tried in that order: a key of ``STANDIN_FILES`` ("school_math", "alpaca_zh"), then a
@@ -79,7 +80,7 @@ def load_records(source, field_map=None):
     return _load_hub(source, field_map or HUB_FIELD_MAPS.get(source, FieldMap()))
 
 
-def split_records(records, test_fraction=0.2, seed=0):
+def split_records(records: list[dict], test_fraction: float = 0.2, seed: int = 0) -> tuple[list[dict], list[dict]]:
     """Shuffle with a seeded generator and cut into (train, test); the paper uses an 80/20 split."""
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must lie strictly between 0 and 1, got {test_fraction}")
@@ -92,14 +93,14 @@ def split_records(records, test_fraction=0.2, seed=0):
     return [records[i] for i in order[test_size:]], [records[i] for i in order[:test_size]]
 
 
-def prompt_text(record):
+def prompt_text(record: dict) -> str:
     """The user turn: the instruction, then the input on the next line when there is one."""
     if record["input"]:
         return f"{record['instruction']}\n{record['input']}"
     return record["instruction"]
 
 
-def build_prompt(record, tokenizer):
+def build_prompt(record: dict, tokenizer) -> str:
     """The text a model continues to answer ``record``: used for training and for generation alike."""
     if _has_chat_template(tokenizer):
         return tokenizer.apply_chat_template([{"role": "user", "content": prompt_text(record)}],
@@ -107,14 +108,14 @@ def build_prompt(record, tokenizer):
     return prompt_text(record) + "\n"
 
 
-def encode_prompt(record, tokenizer):
+def encode_prompt(record: dict, tokenizer) -> list[int]:
     """Token ids of ``build_prompt``; a chat template writes its own special tokens, plain text gets the
     tokenizer's usual ones (a BOS where the tokenizer adds one)."""
     add_special_tokens = not _has_chat_template(tokenizer)
     return tokenizer(build_prompt(record, tokenizer), add_special_tokens=add_special_tokens)["input_ids"]
 
 
-def build_example(record, tokenizer, max_length):
+def build_example(record: dict, tokenizer, max_length: int) -> dict[str, list[int]]:
     """Token ids, labels and attention mask for one record, truncated to ``max_length`` tokens.
 
     The sequence is prompt + answer + EOS; truncation cuts from the end, so a long answer loses its tail
@@ -136,7 +137,17 @@ def build_example(record, tokenizer, max_length):
     return {"input_ids": input_ids, "labels": labels, "attention_mask": [1] * len(input_ids)}
 
 
-def collate_examples(examples, pad_token_id):
+def tokenize_records(records: list[dict], tokenizer, max_length: int) -> list[dict[str, list[int]]]:
+    """``build_example`` of every record: the one tokenization a run makes, shared by calibration, memory and training."""
+    return [build_example(record, tokenizer, max_length) for record in records]
+
+
+def pad_token_id(tokenizer) -> int:
+    """The id batches are padded with: the tokenizer's pad token, else its EOS (Llama-style tokenizers have no pad)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def collate_examples(examples: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
     """Right-pad a batch of ``build_example`` outputs into long tensors; padded labels are -100.
 
     Use with a DataLoader as ``functools.partial(collate_examples, pad_token_id=...)``.
@@ -148,7 +159,7 @@ def collate_examples(examples, pad_token_id):
                          f"a tokenizer without a pad token can pad with its eos_token_id")
     width = max(len(example["input_ids"]) for example in examples)
 
-    def padded(key, fill):
+    def padded(key: str, fill: int) -> torch.Tensor:
         return torch.tensor([example[key] + [fill] * (width - len(example[key])) for example in examples],
                             dtype=torch.long)
 
@@ -156,11 +167,11 @@ def collate_examples(examples, pad_token_id):
             "attention_mask": padded("attention_mask", 0)}
 
 
-def _has_chat_template(tokenizer):
+def _has_chat_template(tokenizer) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
-def _load_file(path, field_map):
+def _load_file(path: Path, field_map: FieldMap) -> list[dict]:
     if path.suffix not in FILE_SUFFIXES:
         raise ValueError(f"{path}: unsupported file type {path.suffix!r}; give a .json or .jsonl file")
     if not path.is_file():
@@ -183,7 +194,7 @@ def _load_file(path, field_map):
     return [_to_record(row, field_map, where) for where, row in rows]
 
 
-def json_lines_rows(text, path) -> list[tuple[str, object]]:
+def json_lines_rows(text: str, path: Path) -> list[tuple[str, object]]:
     """Each non-blank line of a JSON Lines text parsed, beside "<path>, line N" for messages about it."""
     rows = []
     # Split on "\n" only: str.splitlines would also split at U+2028, which may sit inside a string.
@@ -198,7 +209,7 @@ def json_lines_rows(text, path) -> list[tuple[str, object]]:
     return rows
 
 
-def _json_array_rows(text, path):
+def _json_array_rows(text: str, path: Path) -> list[tuple[str, object]]:
     try:
         items = json.loads(text)
     except json.JSONDecodeError as err:
@@ -216,7 +227,7 @@ def _json_array_rows(text, path):
     return rows
 
 
-def _load_hub(hub_id, field_map):
+def _load_hub(hub_id: str, field_map: FieldMap) -> list[dict]:
     try:
         table = datasets.load_dataset(hub_id, split="train")
     except OSError as err:
@@ -233,7 +244,7 @@ def _load_hub(hub_id, field_map):
     return [_to_record(row, field_map, f"{hub_id}, row {index}") for index, row in enumerate(table)]
 
 
-def _to_record(row, field_map, where):
+def _to_record(row, field_map: FieldMap, where: str) -> dict:
     if not isinstance(row, dict):
         raise ValueError(f"{where}: expected a JSON object with fields "
                          f"{list(field_map.required_columns)}, got {type(row).__name__}")

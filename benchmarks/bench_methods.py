@@ -2,11 +2,12 @@
 
 Our `lora`, `qlora` and `adaq_lora` and the PEFT peers `peft-lora`, `peft-qlora` and `peft-adalora` are prepared on
 copies of the same base model (the default SmolLM2-135M-Instruct) and trained on the same School_math stand-in
-examples, each cut to exactly SEQUENCE_LENGTH tokens, batch 1, with the recipe of `adaq_lora.train` (paged AdamW,
-clipping 0.1, the orthogonality term and the rank allocator for the SVD methods). All six live in one process and
+examples, each cut to exactly SEQUENCE_LENGTH tokens, batch 1, through the training loop's own step
+(`adaq_lora.training.training_step`: paged AdamW, clipping 0.1, the orthogonality term and the rank allocator for
+the SVD methods). All six live in one process and
 take their steps in turn, round-robin, so that a slow spell of a shared machine falls on every method alike; the
 first `--warmup` rounds are not timed and the median of the timed steps is reported. Peak memory comes from
-`adaq_lora.memory.measure_training_memory` (via `experiment.tuner_memory`), one method at a time, with gradient
+`adaq_lora.measure.memory.measure_training_memory`, one method at a time, with gradient
 checkpointing off and on; the targets for `adaq_lora`'s peak (MEMORY_TARGETS) hold with it on, as QLoRA trains. The budget schedule is laid out over a long run
 (t_init = 0), so every timed step of the SVD methods re-scores and re-masks its triplets, as in the middle of training.
 
@@ -30,11 +31,12 @@ from pathlib import Path
 import torch
 
 from adaq_lora import AdaQConfig, load_model
-from adaq_lora.data import build_example, collate_examples, load_records
-from adaq_lora.experiment import package_versions, tuner_memory
-from adaq_lora.saving import write_json_atomic
-from adaq_lora.train import finish_step, make_optimizer, training_loss
-from adaq_lora.tuning import Tuner, prepare
+from adaq_lora.atomic import write_json_atomic
+from adaq_lora.data import build_example, collate_examples, load_records, pad_token_id
+from adaq_lora.grid.experiment import package_versions
+from adaq_lora.measure.memory import measure_training_memory
+from adaq_lora.training import make_optimizer, training_step
+from adaq_lora.tuners import Tuner, prepare
 
 PAIRS = (("adaq_lora", "peft-adalora"), ("qlora", "peft-qlora"), ("lora", "peft-lora"))
 TARGETS = {"adaq_lora": 1.1, "qlora": 1.1}  # ours may take at most this many times the peer's step time
@@ -55,7 +57,7 @@ class Contestant:
 
 def fixed_length_batches(tokenizer, count: int) -> list[dict[str, torch.Tensor]]:
     """`count` single-example batches of the stand-in, each exactly SEQUENCE_LENGTH real tokens long."""
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer)
     batches = []
     for record in load_records(DATASET):
         example = build_example(record, tokenizer, SEQUENCE_LENGTH)
@@ -80,11 +82,10 @@ def contestant(method: str, base_model: torch.nn.Module, gradient_checkpointing:
     return Contestant(method, tuner, make_optimizer(params, "paged_adamw", config.learning_rate))
 
 
-def training_step(player: Contestant, batch: dict[str, torch.Tensor]) -> float:
-    """One optimizer step as `adaq_lora.train.train` takes it; returns its wall time."""
+def timed_step(player: Contestant, batch: dict[str, torch.Tensor]) -> float:
+    """One optimizer step as `adaq_lora.training.train` takes it; returns its wall time."""
     began = time.perf_counter()
-    training_loss(player.tuner, batch)[0].backward()
-    finish_step(player.tuner, player.optimizer, MAX_GRAD_NORM)
+    training_step(player.tuner, [batch], player.optimizer, MAX_GRAD_NORM)
     return time.perf_counter() - began
 
 
@@ -94,7 +95,7 @@ def measure(steps: int, warmup: int, gradient_checkpointing: bool) -> dict:
     batches = fixed_length_batches(tokenizer, warmup + steps)
     players = [contestant(method, model, gradient_checkpointing, batches) for method in methods]
     for round_index, batch in enumerate(batches):
-        seconds = {player.method: training_step(player, batch) for player in players}
+        seconds = {player.method: timed_step(player, batch) for player in players}
         if round_index >= warmup:
             for player in players:
                 player.step_seconds.append(seconds[player.method])
@@ -109,7 +110,7 @@ def measure(steps: int, warmup: int, gradient_checkpointing: bool) -> dict:
                 player.tuner.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             else:
                 player.tuner.model.gradient_checkpointing_disable()
-            breakdown = tuner_memory(player.tuner, batches[0], MAX_GRAD_NORM)
+            breakdown = measure_training_memory(player.tuner, batches[0], max_grad_norm=MAX_GRAD_NORM)
             suffix = "_checkpointing" if checkpointing else ""
             figures[player.method][f"peak_memory_mb{suffix}"] = breakdown.total_mb
             figures[player.method][f"memory_breakdown{suffix}"] = breakdown.as_dict()

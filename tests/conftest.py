@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from adaq_lora.kernels import import_bitsandbytes
+from adaq_lora.quant.kernels import import_bitsandbytes
 
 # Tests compare against bitsandbytes as the package runs it: with this CPU's faulty kernels routed (kernels.py).
 import_bitsandbytes()

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from adaq_lora.claims import (CONSISTENT, FAILS, REPRODUCES, UNRESOLVED, check_claims, claims_markdown,
+from adaq_lora.grid.claims import (CONSISTENT, FAILS, REPRODUCES, UNRESOLVED, check_claims, claims_markdown,
                               score_verdict)
 
 

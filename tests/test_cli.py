@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
-from adaq_lora.cli import main
-from adaq_lora.experiment import RESULT_KEYS
-from adaq_lora.metrics import METRIC_NAMES
-from adaq_lora.tables import PAPER_SOURCE
+from adaq_lora.grid.cli import main
+from adaq_lora.grid.experiment import RESULT_KEYS
+from adaq_lora.scoring.metrics import METRIC_NAMES
+from adaq_lora.paper import PAPER_SOURCE
 
 RUN = ["run", "--method", "lora", "--dataset", "school_math", "--profile", "ci", "--out"]
 
@@ -52,7 +52,7 @@ def test_a_wrong_set_key_is_refused_with_the_valid_keys_listed(capsys, tmp_path)
 
 
 def test_the_installed_command_answers_a_mistake_in_one_line_without_a_traceback(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "adaq_lora.cli", *RUN, str(tmp_path), "--set", "rank=4"],
+    done = subprocess.run([sys.executable, "-m", "adaq_lora.grid.cli", *RUN, str(tmp_path), "--set", "rank=4"],
                           capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 2
     assert "Traceback" not in done.stderr

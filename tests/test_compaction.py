@@ -9,11 +9,13 @@ import torch
 from peft import PeftModel
 
 from adaq_lora import AdaQConfig, apply_method, export_peft, load_adapters, save_adapters
-from adaq_lora.compaction import compact_model
-from adaq_lora.precision import apply_precision_plan
-from adaq_lora.svd_adapter import orthogonal_regularizer, svd_layers
-from adaq_lora.train import TrainConfig, make_optimizer, optimized_parameters, train
-from adaq_lora.tuning import prepare
+from adaq_lora.adapters.compaction import compact_model
+from adaq_lora.quant.precision import apply_precision_plan
+from adaq_lora.adapters.svd_adapter import orthogonal_regularizer, svd_layers
+from adaq_lora.config import TrainConfig
+from adaq_lora.training import make_optimizer, train
+from adaq_lora.training.step import optimized_parameters
+from adaq_lora.tuners import prepare
 from conftest import make_tiny_llama
 from test_train import RECORDS, run, trainable
 
@@ -188,11 +190,11 @@ def test_compacted_adapters_save_load_and_export_to_peft_with_the_same_logits(me
     model = tuner.model.eval()
     ranks = {name: layer.r for name, layer in svd_layers(model).items()}
     assert tuner.allocator.compacted and len(set(ranks.values())) > 1  # per-layer ranks differ
-    save_adapters(model, tmp_path / "ours")
-    export_peft(model, tmp_path / "peft", base_model_name_or_path="tiny-llama")
-    reloaded = load_adapters(make_tiny_llama(), tmp_path / "ours").eval()
+    save_adapters(tuner, tmp_path / "ours")
+    export_peft(tuner, tmp_path / "peft", base_model_name_or_path="tiny-llama")
+    reloaded = load_adapters(make_tiny_llama(), tmp_path / "ours").model.eval()
     assert {name: layer.r for name, layer in svd_layers(reloaded).items()} == ranks
-    plan = getattr(model, "adaq_precision_plan", None)
+    plan = tuner.precision_plan
     base = apply_precision_plan(make_tiny_llama(), plan) if plan is not None else make_tiny_llama()
     peft_model = PeftModel.from_pretrained(base, tmp_path / "peft").eval()
     ids = token_batch["input_ids"]

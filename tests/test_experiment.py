@@ -8,11 +8,11 @@ import pytest
 import torch
 from peft import PeftModel
 
-from adaq_lora import experiment
-from adaq_lora.experiment import RESULT_KEYS, load_result, plan_experiment, run_experiment
-from adaq_lora.metrics import METRIC_NAMES
+from adaq_lora.grid import experiment
+from adaq_lora.grid.experiment import RESULT_KEYS, load_result, plan_experiment, run_experiment
+from adaq_lora.scoring.metrics import METRIC_NAMES
 from adaq_lora.models import load_model
-from adaq_lora.precision import PrecisionPlan
+from adaq_lora.quant.precision import PrecisionPlan
 from adaq_lora.profiles import load_profile
 from conftest import make_tiny_llama
 
@@ -106,7 +106,7 @@ def test_a_crash_while_the_result_is_written_leaves_no_result_and_a_rerun_comple
         run_experiment("lora", dataset, "ci", out_dir=tmp_path, overrides=overrides, progress=False)
     monkeypatch.undo()
     assert not (tmp_path / "result.json").exists() and load_result(tmp_path) is None
-    assert list(tmp_path.glob(".result.json.*")), "the half-written temp file stays behind under another name"
+    assert list(tmp_path.glob(".result.json.*")) == [], "the half-written temp file is removed, not left behind"
     result = run_experiment("lora", dataset, "ci", out_dir=tmp_path, overrides=overrides, progress=False)
     assert load_result(tmp_path) == result and len(result["losses"]) == 2
 
@@ -141,8 +141,8 @@ def test_the_budget_schedule_scales_with_the_run_and_the_split_ignores_the_run_s
 def test_command_line_texts_are_read_as_each_field_s_type():
     profile = load_profile("ci", {"train_size": "null", "epochs": "3", "gradient_checkpointing": "true",
                                   "datasets": "alpaca_zh, school_math", "model": "none", "lora_alpha": 32})
-    assert profile.train_size is None and profile.epochs == 3.0 and profile.gradient_checkpointing is True
-    assert profile.datasets == ("alpaca_zh", "school_math") and profile.model is None and profile.lora_alpha == 32.0
+    assert profile.train_size is None and profile.epochs == 3.0 and profile.train.gradient_checkpointing is True
+    assert profile.datasets == ("alpaca_zh", "school_math") and profile.model is None and profile.adapter.lora_alpha == 32.0
     with pytest.raises(ValueError, match=r"train_size='many': expected an integer or null"):
         load_profile("ci", {"train_size": "many"})
     with pytest.raises(ValueError, match=r"device='tpu' is not valid; valid: cpu, cuda"):

@@ -1,6 +1,6 @@
 """The 4-bit base computes with the weight its codes stand for, on every CPU, in training and in inference.
 
-bitsandbytes 0.50.2 takes other CPU kernels where the CPU has AVX-512 (adaq_lora.kernels). These tests hold on
+bitsandbytes 0.50.2 takes other CPU kernels where the CPU has AVX-512 (adaq_lora.quant.kernels). These tests hold on
 any CPU: the layers are compared with the NF4 reference as the process runs them, and the routing itself is
 exercised by making the probe see a faulty kernel, so the fallback runs on a CPU without AVX-512 as well.
 """
@@ -10,11 +10,11 @@ import torch
 from peft import AdaLoraConfig, LoraConfig, get_peft_model
 from torch import nn
 
-from adaq_lora import kernels
-from adaq_lora.blockwise import BlockwiseEmbedding, BlockwiseLinear, BlockwiseMatrix
-from adaq_lora.lora import LoraLinear
-from adaq_lora.quantize import dequantized_weight, quantize_linear
-from adaq_lora.svd_adapter import SVDLinear
+from adaq_lora.quant import kernels
+from adaq_lora.quant.blockwise import BlockwiseEmbedding, BlockwiseLinear, BlockwiseMatrix
+from adaq_lora.adapters.lora import LoraLinear
+from adaq_lora.quant.quantize import dequantized_weight, quantize_linear
+from adaq_lora.adapters.svd_adapter import SVDLinear
 
 WIDTHS = (96, 160)  # odd multiples of 32: the widths AVX-512's native dequantize_4bit gets wrong
 

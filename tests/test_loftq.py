@@ -1,11 +1,11 @@
-"""Claims about the LoftQ start (`adaq_lora.loftq`): ΔW undoes the quantization error as far as rank r allows."""
+"""Claims about the LoftQ start (`adaq_lora.adapters.loftq`): ΔW undoes the quantization error as far as rank r allows."""
 import pytest
 import torch
 from bitsandbytes.nn import Linear4bit
 
 from adaq_lora import AdaQConfig, adapter_layers, apply_method
-from adaq_lora.quantize import dequantized_weight
-from adaq_lora.svd_adapter import orthogonality_penalty, svd_layers
+from adaq_lora.quant.quantize import dequantized_weight
+from adaq_lora.adapters.svd_adapter import orthogonality_penalty, svd_layers
 from conftest import make_tiny_llama
 
 

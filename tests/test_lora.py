@@ -6,7 +6,7 @@ from peft.tuners.lora import Linear as PeftLoraLinear
 from torch import nn
 
 from adaq_lora import AdaQConfig, adapter_layers, apply_method, set_merged, trainable_parameters
-from adaq_lora.lora import LoraLinear
+from adaq_lora.adapters.lora import LoraLinear
 
 
 def test_delta_w_is_zero_at_start(tiny_llama, token_batch):

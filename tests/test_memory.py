@@ -5,13 +5,12 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from adaq_lora import AdaQConfig, RankAllocator, apply_method, load_model
-from adaq_lora.config import SVD_METHODS
-from adaq_lora.memory import CATEGORIES, MB, measure_training_memory, static_tensors, token_batch
-from adaq_lora.memory_model import (ModelShape, load_chatglm2_6b_config, nf4_bytes, paper_memory_comparison,
-                                    predict_training_memory)
+from adaq_lora import AdaQConfig, load_model, prepare
+from adaq_lora.measure.memory import CATEGORIES, MB, measure_training_memory, static_tensors, token_batch
+from adaq_lora.measure.memory_model import nf4_bytes, paper_memory_comparison, predict_training_memory
+from adaq_lora.measure.model_shape import ModelShape, load_chatglm2_6b_config
 from adaq_lora.profiles import load_profile
-from adaq_lora.quantize import quantize_linear
+from adaq_lora.quant.quantize import quantize_linear
 
 SMALL_LLAMA = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
                    num_key_value_heads=2, vocab_size=256, max_position_embeddings=64)
@@ -21,10 +20,7 @@ SMALL_CONFIG = AdaQConfig(r=4, init_r=4, target_r=2, precision_budget_bits=None)
 def measured(model, method, config, seq_len, vocab_size):
     """Apply `method` and measure one step as the training loop runs it (regularizer and allocator included)."""
     torch.manual_seed(0)
-    model = apply_method(model, method, config)
-    allocator = RankAllocator(model, config) if method in SVD_METHODS else None
-    return measure_training_memory(model, token_batch(vocab_size, 1, seq_len), allocator=allocator,
-                                   orth_reg_weight=config.orth_reg_weight if allocator else 0.0)
+    return measure_training_memory(prepare(model, method, config), token_batch(vocab_size, 1, seq_len))
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +114,7 @@ def test_prediction_is_within_15_percent_of_the_measurement_on_the_default_model
 def test_chatglm2_6b_memory_follows_the_storage_of_each_method():
     glm = load_chatglm2_6b_config()
     assert ModelShape.from_config(glm).parameter_count() == 6_243_584_000
-    paper_budget = AdaQConfig(precision_budget_bits=load_profile("paper").precision_budget_bits)
+    paper_budget = AdaQConfig(precision_budget_bits=load_profile("paper").adapter.precision_budget_bits)
     totals = {method: predict_training_memory(glm, method, paper_budget, 512, 1, weight_dtype=torch.bfloat16,
                                               device="cuda").total_mb
               for method in ("full", "lora", "qlora", "adaq_lora")}
@@ -153,4 +149,5 @@ def test_a_bad_method_or_an_incomplete_config_is_refused_by_name():
     with pytest.raises(ValueError, match="unknown target module\\(s\\) \\['q_proj'\\]"):
         predict_training_memory(load_chatglm2_6b_config(), "lora", AdaQConfig(target_modules=("q_proj",)))
     with pytest.raises(ValueError, match="needs input_ids and labels"):
-        measure_training_memory(LlamaForCausalLM(LlamaConfig(**SMALL_LLAMA)), {"input_ids": torch.zeros(1, 4)})
+        measure_training_memory(prepare(LlamaForCausalLM(LlamaConfig(**SMALL_LLAMA)), "base"),
+                                {"input_ids": torch.zeros(1, 4)})

@@ -3,11 +3,11 @@ import pytest
 import torch
 from bitsandbytes.nn import Linear4bit
 
-from adaq_lora import METHODS, AdaQConfig, adapter_layers, apply_method, trainable_parameters
-from adaq_lora.blockwise import BlockwiseLinear
-from adaq_lora.lora import LoraLinear
+from adaq_lora import AdaQConfig, adapter_layers, apply_method, method_names, trainable_parameters
+from adaq_lora.quant.blockwise import BlockwiseLinear
+from adaq_lora.adapters.lora import LoraLinear
 from adaq_lora.models import DEFAULT_TARGET_MODULES, default_target_modules
-from adaq_lora.svd_adapter import SVDLinear
+from adaq_lora.adapters.svd_adapter import SVDLinear
 from conftest import make_tiny_llama
 
 
@@ -60,7 +60,7 @@ def test_model_family_without_defaults_is_told_to_name_targets():
         default_target_modules(model)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", method_names(peers=False))
 def test_every_method_runs_a_training_step_on_a_tiny_llama(method, token_batch):
     model = apply_method(make_tiny_llama(), method, AdaQConfig(r=4, init_r=4, target_r=2)).train()
     loss = model(**token_batch).loss

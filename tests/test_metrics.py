@@ -6,7 +6,7 @@ import pytest
 from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 from rouge_chinese import Rouge
 
-from adaq_lora.metrics import (METRIC_NAMES, SCORE_NAMES, bootstrap_intervals, paired_bootstrap,
+from adaq_lora.scoring.metrics import (METRIC_NAMES, SCORE_NAMES, bootstrap_intervals, paired_bootstrap,
                                per_example_scores, score)
 
 MATH_ANSWER = "每支铅笔的价格是12÷3=4元。\n买5支需要4×5=20元。\n答：需要20元。"

@@ -4,7 +4,7 @@ import bitsandbytes.functional as bnb_functional
 import pytest
 import torch
 
-from adaq_lora.nf4 import (
+from adaq_lora.quant.nf4 import (
     NF4Tensor,
     SCALE_BLOCKSIZE,
     dequantize_nf4,
@@ -12,7 +12,7 @@ from adaq_lora.nf4 import (
     nf4_levels,
     quantize_nf4,
 )
-from adaq_lora.quantize import quantization_error
+from adaq_lora.quant.quantize import quantization_error
 
 # bitsandbytes 0.50.2's CPU kernel for 8-bit block-wise quantization looks the nearest level up on a
 # grid of 65,536 points spanning [-1, 1]; values are rounded to the nearest grid point first.

@@ -4,10 +4,10 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from adaq_lora import AdaQConfig, apply_method
-from adaq_lora.blockwise import BlockwiseEmbedding, BlockwiseLinear, BlockwiseMatrix
-from adaq_lora.quantize import dequantized_weight
-from adaq_lora.precision import (PRECISIONS, PrecisionPlan, apply_precision_plan, frozen_matrices,
+from adaq_lora import AdaQConfig, apply_method, prepare
+from adaq_lora.quant.blockwise import BlockwiseEmbedding, BlockwiseLinear, BlockwiseMatrix
+from adaq_lora.quant.quantize import dequantized_weight
+from adaq_lora.quant.precision import (PRECISIONS, PrecisionPlan, apply_precision_plan, frozen_matrices,
                                  order_by_importance, plan_precision)
 from conftest import TINY_LLAMA, make_tiny_llama
 
@@ -58,7 +58,7 @@ def test_bits_per_weight_of_each_precision(precision, bits):
 
 
 def test_blockwise_linear_forward_and_backward_equal_a_dense_matmul_with_the_decoded_weight(monkeypatch):
-    monkeypatch.setattr("adaq_lora.blockwise.CHUNK_ROWS", 32)  # several chunks
+    monkeypatch.setattr("adaq_lora.quant.blockwise.CHUNK_ROWS", 32)  # several chunks
     layer = BlockwiseLinear(BlockwiseMatrix(torch.randn(100, 64), "int8"))
     x = torch.randn(2, 5, 64, requires_grad=True)
     dense_x = x.detach().clone().requires_grad_(True)
@@ -124,9 +124,8 @@ def test_the_saved_plan_reloads_and_stores_a_fresh_model_identically(tmp_path, t
 
 
 def test_adaq_lora_stores_embedding_and_head_in_fewer_bits_and_keeps_delta_w_zero_at_start(token_batch):
-    model = apply_method(make_tiny_llama(), "adaq_lora", AdaQConfig(precision_budget_bits=4.5),
-                         calibration=calibration())
-    plan = model.adaq_precision_plan
+    tuner = prepare(make_tiny_llama(), "adaq_lora", AdaQConfig(precision_budget_bits=4.5), calibration=calibration())
+    model, plan = tuner.model, tuner.precision_plan
     assert isinstance(model.model.embed_tokens, BlockwiseEmbedding) and isinstance(model.lm_head, BlockwiseLinear)
     stored = apply_precision_plan(make_tiny_llama(), plan)
     with torch.no_grad():
@@ -137,18 +136,18 @@ def test_adaq_lora_stores_embedding_and_head_in_fewer_bits_and_keeps_delta_w_zer
 
 
 def test_qlora_layout_is_kept_when_the_budget_is_none():
-    model = apply_method(make_tiny_llama(), "adaq_lora", AdaQConfig(precision_budget_bits=None))
-    assert not hasattr(model, "adaq_precision_plan")
+    tuner = prepare(make_tiny_llama(), "adaq_lora", AdaQConfig(precision_budget_bits=None))
+    model = tuner.model
+    assert tuner.precision_plan is None
     assert type(model.model.embed_tokens) is torch.nn.Embedding
 
 
 def test_saved_adaq_lora_adapters_reload_onto_a_base_stored_by_the_same_plan(tmp_path, token_batch):
     from adaq_lora import load_adapters, save_adapters
 
-    model = apply_method(make_tiny_llama(), "adaq_lora", AdaQConfig(precision_budget_bits=5.0),
-                         calibration=calibration())
-    save_adapters(model, tmp_path)
+    tuner = prepare(make_tiny_llama(), "adaq_lora", AdaQConfig(precision_budget_bits=5.0), calibration=calibration())
+    save_adapters(tuner, tmp_path)
     reloaded = load_adapters(make_tiny_llama(), tmp_path)  # no calibration data: the plan comes from the folder
-    assert reloaded.adaq_precision_plan == model.adaq_precision_plan
+    assert reloaded.precision_plan == tuner.precision_plan
     with torch.no_grad():
-        assert torch.equal(model(**token_batch).logits, reloaded(**token_batch).logits)
+        assert torch.equal(tuner.model(**token_batch).logits, reloaded.model(**token_batch).logits)

@@ -9,7 +9,7 @@ from peft import LoraConfig, get_peft_model
 from peft.tuners.lora.bnb import Linear4bit as LoraLinear4bit
 from torch import nn
 
-from adaq_lora.quantize import (
+from adaq_lora.quant.quantize import (
     compute_dtype_for,
     dequantized_weight,
     quantize_model,

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from adaq_lora import AdaQConfig, RankAllocator, adapter_layers, apply_method
-from adaq_lora.rank_allocator import cubic_budget
+from adaq_lora.adapters.rank_allocator import cubic_budget
 
 
 def test_cubic_budget_holds_at_its_ends_and_never_rises():

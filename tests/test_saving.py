@@ -5,41 +5,43 @@ import pytest
 import torch
 from peft import PeftModel
 
-from adaq_lora import AdaQConfig, RankAllocator, adapter_layers, apply_method, export_peft, load_adapters, save_adapters
-from adaq_lora.precision import apply_precision_plan
-from adaq_lora.quantize import quantize_model
+from adaq_lora import AdaQConfig, adapter_layers, export_peft, load_adapters, prepare, save_adapters
+from adaq_lora.quant.precision import apply_precision_plan
+from adaq_lora.quant.quantize import quantize_model
 from conftest import make_tiny_llama
 
 
 def trained(method, token_batch, steps=4):
     config = AdaQConfig(r=4, init_r=6, target_r=3, t_init=1, t_final=1, total_steps=steps, learning_rate=2e-2,
                         lora_dropout=0.0)
-    model = apply_method(make_tiny_llama(), method, config).train()
-    allocator = RankAllocator(model, config) if method in ("adalora", "adaq_lora") else None
+    tuner = prepare(make_tiny_llama(), method, config)
+    model = tuner.model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
     for _ in range(steps):
         model(**token_batch).loss.backward()
         optimizer.step()
-        if allocator:
-            allocator.step()
+        tuner.after_optimizer_step()  # the rank allocator, where the method has one
         optimizer.zero_grad()
-    return model.eval()
+    model.eval()
+    return tuner
 
 
 @pytest.mark.parametrize("method", ["lora", "adalora", "adaq_lora"])
 def test_saved_adapters_load_onto_a_fresh_base_with_identical_logits(method, token_batch, tmp_path):
-    model = trained(method, token_batch)
-    save_adapters(model, tmp_path)
+    tuner = trained(method, token_batch)
+    model = tuner.model
+    save_adapters(tuner, tmp_path)
     saved = json.loads((tmp_path / "adaq_config.json").read_text())
     assert saved["method"] == method
-    reloaded = load_adapters(make_tiny_llama(), tmp_path).eval()
+    reloaded = load_adapters(make_tiny_llama(), tmp_path).model.eval()
     ids = token_batch["input_ids"]
     assert torch.equal(model(input_ids=ids).logits, reloaded(input_ids=ids).logits)
 
 
 def test_the_saved_rank_pattern_is_what_the_masks_keep(token_batch, tmp_path):
-    model = trained("adalora", token_batch)
-    save_adapters(model, tmp_path)
+    tuner = trained("adalora", token_batch)
+    model = tuner.model
+    save_adapters(tuner, tmp_path)
     pattern = json.loads((tmp_path / "adaq_config.json").read_text())["rank_pattern"]
     layers = adapter_layers(model)
     assert pattern == {name: int(layer.triplet_mask.sum()) for name, layer in layers.items()}
@@ -48,8 +50,9 @@ def test_the_saved_rank_pattern_is_what_the_masks_keep(token_batch, tmp_path):
 
 @pytest.mark.parametrize("method", ["lora", "adalora"])
 def test_peft_loads_the_export_with_the_same_logits(method, token_batch, tmp_path):
-    model = trained(method, token_batch)
-    export_peft(model, tmp_path, base_model_name_or_path="tiny-llama")
+    tuner = trained(method, token_batch)
+    model = tuner.model
+    export_peft(tuner, tmp_path, base_model_name_or_path="tiny-llama")
     peft_model = PeftModel.from_pretrained(make_tiny_llama(), tmp_path).eval()
     ids = token_batch["input_ids"]
     ours, theirs = model(input_ids=ids).logits, peft_model(input_ids=ids).logits
@@ -63,9 +66,10 @@ def test_peft_loads_the_export_with_the_same_logits(method, token_batch, tmp_pat
 
 @pytest.mark.parametrize("method", ["qlora", "adaq_lora"])
 def test_peft_loads_the_4bit_export_onto_the_same_4bit_base_with_the_same_logits(method, token_batch, tmp_path):
-    model = trained(method, token_batch)
-    export_peft(model, tmp_path, base_model_name_or_path="tiny-llama")
-    plan = getattr(model, "adaq_precision_plan", None)  # adaq_lora's base is stored by its precision plan
+    tuner = trained(method, token_batch)
+    model = tuner.model
+    export_peft(tuner, tmp_path, base_model_name_or_path="tiny-llama")
+    plan = tuner.precision_plan  # adaq_lora's base is stored by its precision plan
     base = apply_precision_plan(make_tiny_llama(), plan) if plan is not None else quantize_model(make_tiny_llama())
     peft_model = PeftModel.from_pretrained(base, tmp_path).eval()
     ids = token_batch["input_ids"]
@@ -77,6 +81,6 @@ def test_loading_from_a_folder_without_adapters_says_what_it_expected(tmp_path):
         load_adapters(make_tiny_llama(), tmp_path)
 
 
-def test_saving_a_model_without_a_method_is_refused(tmp_path):
+def test_saving_a_model_instead_of_its_tuner_is_refused(tmp_path):
     with pytest.raises(ValueError, match="apply_method"):
         save_adapters(make_tiny_llama(), tmp_path)

@@ -5,7 +5,7 @@ from peft.tuners.adalora import SVDLinear as PeftSVDLinear
 from torch import nn
 
 from adaq_lora import AdaQConfig, adapter_layers, apply_method, orthogonal_regularizer
-from adaq_lora.svd_adapter import SVDLinear, orthogonality_penalty
+from adaq_lora.adapters.svd_adapter import SVDLinear, orthogonality_penalty
 
 
 def make_layer(seed=0, r=6):

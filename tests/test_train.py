@@ -4,9 +4,11 @@ import pytest
 import torch
 
 from adaq_lora import AdaQConfig
-from adaq_lora.evaluate import generate_answers
-from adaq_lora.train import TrainConfig, micro_batch_order, train
-from adaq_lora.tuning import all_methods, prepare
+from adaq_lora.scoring.evaluate import generate_answers
+from adaq_lora.config import TrainConfig
+from adaq_lora.training import train
+from adaq_lora.training.loop import micro_batch_order
+from adaq_lora.tuners import method_names, prepare
 from conftest import make_tiny_llama
 
 RECORDS = [
@@ -31,7 +33,7 @@ def trainable(tuner):
     return {n: p.detach().clone() for n, p in tuner.model.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize("method", [m for m in all_methods() if m != "base"])
+@pytest.mark.parametrize("method", [m for m in method_names() if m != "base"])
 def test_every_method_and_peer_runs_two_steps_and_changes_its_trainable_weights(method, smol_tokenizer):
     # total_steps=3: PEFT's AdaLoRA fails (KeyError) if its final phase starts at step 1, before any score exists
     torch.manual_seed(0)

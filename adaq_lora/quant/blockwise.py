@@ -2,7 +2,7 @@
 
 QLoRA stores the decoder's linear layers in NF4 and leaves the embedding and the output head in 16 bits. On a
 small model those two are a large share of the weights (SmolLM2-135M: 28 M of its 135 M parameters, tied), so a
-memory saving beyond QLoRA's has to reach them. `adaq_lora.precision` decides, matrix by matrix, how many bits
+memory saving beyond QLoRA's has to reach them. `adaq_lora.quant.precision` decides, matrix by matrix, how many bits
 each frozen matrix gets; this module holds the result:
 
 - `BlockwiseMatrix` keeps one matrix as NF4 codes (bitsandbytes' `quantize_4bit`, with double quantization),
@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .kernels import import_bitsandbytes
+from .nf4 import BLOCKSIZE, SCALE_BLOCKSIZE
 
 PRECISIONS = ("nf4", "int8", "bf16")  # from the fewest bits to the most
-BLOCKSIZE = 64
 CHUNK_ROWS = 4096  # rows decoded at once by BlockwiseLinear: 4096 × 576 floats ≈ 9 MB on the default model
 
 
@@ -72,7 +72,7 @@ class BlockwiseMatrix(nn.Module):
         """The block absmax values, one row of them per matrix row (NF4 keeps them 8-bit: decode them first)."""
         if self.precision == "nf4":
             functional = import_bitsandbytes().functional
-            state = functional.QuantState(absmax=self.absmax_scales, code=self.absmax_table, blocksize=256,
+            state = functional.QuantState(absmax=self.absmax_scales, code=self.absmax_table, blocksize=SCALE_BLOCKSIZE,
                                           dtype=torch.float32)
             absmax = functional.dequantize_blockwise(self.absmax_codes, state) + self.absmax_offset
         else:

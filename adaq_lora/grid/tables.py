@@ -1,6 +1,6 @@
 """Tables 1 and 2 of the paper, regenerated from result.json files, beside the paper's own numbers (Sec. 3; chapter 8).
 
-The paper's published rows are data in `PAPER_ROWS`, labelled as the paper's; nothing else in a table is typed by
+The paper's published rows are data in `adaq_lora.paper`, labelled as the paper's; nothing else in a table is typed by
 hand. Our rows come from the `result.json` files that `experiment.run_experiment` writes, named as the paper names
 its rows ("<model>+LoRA", ...), with each score's 95% bootstrap interval. Table 1 is Alpaca_Chinese, Table 2
 School_math; a run belongs to a table by its data set: the stand-in's name, the hub id, or a file whose name
@@ -11,22 +11,17 @@ contains the table's key ("alpaca" or "school_math").
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..atomic import staged
+from ..paper import PAPER_MODEL_LABEL, PAPER_ROWS, PAPER_SOURCE
+from ..scoring.metrics import METRIC_NAMES
+from ..tuners.registry import method_names, method_spec
 from .experiment import RESULT_FILE, load_result
-from .metrics import METRIC_NAMES
 
-PAPER_SOURCE = "paper (ChatGLM2-6B)"
 COLUMNS = ("Rouge-1", "Rouge-2", "Rouge-L", "BLEU", "Avg")  # the paper's headers for METRIC_NAMES, in order
 MEMORY_COLUMN = "Memory/MB"
-METHOD_SUFFIXES = {  # the paper's row names after the model's: GLM2, GLM2+LoRA, GLM2+QLoRA, GLM2+ADAQ-LoRA
-    "base": "", "lora": "+LoRA", "qlora": "+QLoRA", "adaq_lora": "+ADAQ-LoRA", "adalora": "+AdaLoRA",
-    "full": "+full fine-tuning", "peft-lora": "+LoRA (PEFT)", "peft-qlora": "+QLoRA (PEFT)",
-    "peft-adalora": "+AdaLoRA (PEFT)",
-}
 
 
 @dataclass(frozen=True)
@@ -48,24 +43,6 @@ TABLES = (
     TableSpec(1, "Alpaca_Chinese", "alpaca", ("alpaca_zh", "shibing624/alpaca-zh")),
     TableSpec(2, "School_math", "school_math", ("school_math", "BelleGroup/school_math_0.25M")),
 )
-
-# The paper's Tables 1 and 2 as published: Rouge-1, Rouge-2, Rouge-L, BLEU, Avg, Memory/MB (ChatGLM2-6B, A100).
-PAPER_ROWS = {
-    1: {
-        "base": (0.2962, 0.1288, 0.1612, 0.1337, 0.1799, 51875),
-        "lora": (0.3036, 0.1484, 0.1950, 0.1572, 0.2010, 40132),
-        "qlora": (0.3368, 0.1657, 0.2117, 0.1828, 0.2242, 9231),
-        "adaq_lora": (0.3411, 0.1688, 0.2122, 0.1833, 0.2263, 8446),
-    },
-    2: {
-        "base": (0.5204, 0.2849, 0.3408, 0.3213, 0.3668, 48885),
-        "lora": (0.5542, 0.3113, 0.3595, 0.3403, 0.3913, 59551),
-        "qlora": (0.5490, 0.3245, 0.3716, 0.3508, 0.3989, 12626),
-        "adaq_lora": (0.5553, 0.3294, 0.3789, 0.3592, 0.4057, 9072),
-    },
-}
-PAPER_MODEL_LABEL = "GLM2"
-
 
 def collect_results(runs_dir: str | Path) -> list[dict]:
     """Every complete result.json under `runs_dir`, in path order; a half-written run has none and is not listed."""
@@ -100,14 +77,16 @@ def build_tables(results: list[dict]) -> list[dict]:
 
 def paper_row(table: int, method: str) -> dict:
     *scores, memory = PAPER_ROWS[table][method]
-    return {"method": PAPER_MODEL_LABEL + METHOD_SUFFIXES[method], "source": PAPER_SOURCE,
+    return {"method": PAPER_MODEL_LABEL + method_spec(method).label, "source": PAPER_SOURCE,
             **dict(zip(METRIC_NAMES, scores)), "intervals": None, "memory_mb": memory}
 
 
 def result_row(result: dict, show_seed: bool = False) -> dict:
     model = Path(result["model"]).name
     source = f"ours ({result['profile']}, {result['n_test']} test examples" + (f", seed {result['seed']})" if show_seed else ")")
-    return {"method": model + METHOD_SUFFIXES.get(result["method"], f"+{result['method']}"), "source": source,
+    known = result["method"] in method_names()
+    label = method_spec(result["method"]).label if known else f"+{result['method']}"
+    return {"method": model + label, "source": source,
             **{name: result[name] for name in METRIC_NAMES},
             "intervals": {name: tuple(result["intervals"][name]) for name in METRIC_NAMES},
             "memory_mb": result["memory_mb"]}
@@ -136,8 +115,7 @@ def write_csv(tables: list[dict], path: str | Path) -> Path:
     for name in METRIC_NAMES:
         fields += [name, f"{name}_low", f"{name}_high"]
     fields.append("memory_mb")
-    handle, staging = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(handle, "w", newline="", encoding="utf-8") as file:
+    with staged(path) as staging, open(staging, "w", newline="", encoding="utf-8") as file:
         writer = csv.DictWriter(file, fieldnames=fields)
         writer.writeheader()
         for table in tables:
@@ -148,13 +126,12 @@ def write_csv(tables: list[dict], path: str | Path) -> Path:
                     low, high = row["intervals"][name] if row["intervals"] else (None, None)
                     line.update({name: row[name], f"{name}_low": low, f"{name}_high": high})
                 writer.writerow(line)
-    os.replace(staging, path)
     return path
 
 
 def _row_order(result: dict) -> tuple:
     """Ours grouped by model, profile and seed, the methods in the paper's order, then the others."""
-    methods = list(METHOD_SUFFIXES)
+    methods = [*PAPER_ROWS[1], *(name for name in method_names() if name not in PAPER_ROWS[1])]
     rank = methods.index(result["method"]) if result["method"] in methods else len(methods)
     return result["model"], result["profile"], result["seed"], rank
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data import json_lines_rows
+from ..data import json_lines_rows
 from .experiment import PREDICTIONS_FILE
-from .metrics import paired_bootstrap
+from ..scoring.metrics import paired_bootstrap
 
 SCORE_CLAIMS = (  # (claim, the method ADAQ-LoRA is compared with, whether a tie is enough)
     ("ADAQ-LoRA scores above the untrained model", "base", False),
@@ -37,7 +37,7 @@ class ClaimCheck:
     verdict: str  # REPRODUCES, FAILS, UNRESOLVED or CONSISTENT
 
 
-def per_example_scores(result: dict) -> dict[str, list[float]]:
+def recorded_scores(result: dict) -> dict[str, list[float]]:
     """The per-example scores in the predictions.jsonl beside a collected result.json (`tables.collect_results`)."""
     path = Path(result["path"]).parent / PREDICTIONS_FILE
     try:
@@ -72,7 +72,7 @@ def check_claims(results: list[dict]) -> list[ClaimCheck]:
             if other_method not in runs:
                 continue
             other = runs[other_method]
-            test = paired_bootstrap(per_example_scores(adaq), per_example_scores(other), metric="avg")
+            test = paired_bootstrap(recorded_scores(adaq), recorded_scores(other), metric="avg")
             low, high = test.interval
             checks.append(ClaimCheck(dataset, claim, f"Avg {adaq['avg']:.4f} vs {other['avg']:.4f}, difference 95% CI "
                                      f"[{low:+.4f}, {high:+.4f}]", score_verdict(low, high, tie_is_enough)))

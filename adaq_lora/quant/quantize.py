@@ -1,7 +1,7 @@
 """Freezing a model's base in 4 bits with bitsandbytes (book chapter 4, "Quantization").
 
 ADAQ-LoRA trains adapters on a quantized frozen base (paper, abstract and Sec. 1; the storage
-format is QLoRA's NF4 with double quantization, written out by hand in `adaq_lora.nf4`). Here the
+format is QLoRA's NF4 with double quantization, written out by hand in `adaq_lora.quant.nf4`). Here the
 real quantizer does the work: `quantize_model` swaps the `nn.Linear` layers of an in-memory model
 for `bitsandbytes.nn.Linear4bit`, which stores packed 4-bit codes and dequantizes them block by block
 in every forward pass. The layers stay differentiable with respect to their input, so gradients
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .kernels import import_bitsandbytes
-from .nf4 import dequantize_blockwise, int4_levels, nf4_levels, quantize_blockwise
+from .nf4 import BLOCKSIZE, dequantize_blockwise, int4_levels, nf4_levels, quantize_blockwise
 
 # The output heads of the supported families: Llama-style models call it `lm_head`, ChatGLM `output_layer`.
 OUTPUT_HEADS = ("lm_head", "output_layer")
@@ -69,7 +69,7 @@ def quantize_linear(
     weight = bnb.nn.Params4bit(
         layer.weight.detach(),
         requires_grad=False,
-        blocksize=64,
+        blocksize=BLOCKSIZE,
         compress_statistics=double_quant,
         quant_type=quant_type,
         module=quantized,
@@ -182,10 +182,10 @@ def storage_report(model: nn.Module) -> StorageReport:
     return StorageReport(quantized_parameters, quantized_bytes, other_parameters, other_bytes)
 
 
-def quantization_error(weight: torch.Tensor, data_type: str, blocksize: int = 64) -> torch.Tensor:
+def quantization_error(weight: torch.Tensor, data_type: str, blocksize: int = BLOCKSIZE) -> torch.Tensor:
     """Element-wise error (reconstruction minus weight) of a 4-bit round trip, in float32.
 
-    `data_type` is "nf4" or "int4" (`adaq_lora.nf4`'s reference, scales kept in float32) or "fp4"
+    `data_type` is "nf4" or "int4" (`adaq_lora.quant.nf4`'s reference, scales kept in float32) or "fp4"
     (bitsandbytes' 4-bit float: 1 sign, 2 exponent, 1 mantissa bit). All three use the same
     block-wise absmax scaling, so they differ only in where their levels sit.
     """

@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from .profiles import PROFILE_NAMES, parse_assignments
+from ..profiles import PROFILE_NAMES, parse_assignments
 
 USAGE_ERROR = 2
 
@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--profile", required=True, choices=PROFILE_NAMES, help="how much the run does")
     run.add_argument("--seed", type=int, default=0, help="seeds the adapters' start and the batch order (default 0)")
     run.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
-                     help="override one profile field, e.g. --set train_size=100 (repeatable)")
+                     help="override one profile field, e.g. --set train_size=100 or --set adapter.target_r=6 "
+                          "(a section's field may drop its section: --set target_r=6; repeatable)")
     run.add_argument("--out", required=True, help="folder for result.json, predictions.jsonl and adapters/")
     run.add_argument("--force", action="store_true", help="run again even if the folder holds a complete result")
     run.add_argument("--quiet", action="store_true", help="no progress bars")

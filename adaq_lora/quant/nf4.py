@@ -8,7 +8,7 @@ technology added") and takes the storage format from QLoRA (Dettmers et al. 2023
 * double quantization: the float32 scales are quantized again, to 8 bits in blocks of 256.
 
 This module is the reference the chapter teaches; `bitsandbytes` is the quantizer the project runs
-(`adaq_lora.quantize`), checked against this reference on every CPU (`adaq_lora.kernels`). The tests hold the two equal: the levels, the packed bytes and the
+(`adaq_lora.quant.quantize`), checked against this reference on every CPU (`adaq_lora.quant.kernels`). The tests hold the two equal: the levels, the packed bytes and the
 dequantized weights match `bitsandbytes.functional.quantize_4bit` / `dequantize_4bit` exactly
 (with double quantization, wherever the 8-bit scale codes agree).
 One step cannot match bit for bit on the CPU: bitsandbytes 0.50.2's CPU kernel for 8-bit block-wise
@@ -26,6 +26,9 @@ import torch.nn.functional as F
 
 NF4_OFFSET = 0.9677083
 """QLoRA's outermost quantile: the largest level sits at the 96.77th percentile of N(0, 1)."""
+
+BLOCKSIZE = 64
+"""Weights per scale (QLoRA's block): the package's one home for it, bitsandbytes' calls included."""
 
 SCALE_BLOCKSIZE = 256
 """Double quantization quantizes the per-block scales in blocks of this many."""
@@ -124,7 +127,7 @@ class NF4Tensor:
     absmax: torch.Tensor
     shape: torch.Size
     dtype: torch.dtype
-    blocksize: int = 64
+    blocksize: int = BLOCKSIZE
     offset: torch.Tensor | None = None
     absmax_scales: torch.Tensor | None = None
 
@@ -139,7 +142,7 @@ class NF4Tensor:
         return sum(piece.numel() * piece.element_size() for piece in pieces if piece is not None)
 
 
-def quantize_nf4(weight: torch.Tensor, blocksize: int = 64, double_quant: bool = True) -> NF4Tensor:
+def quantize_nf4(weight: torch.Tensor, blocksize: int = BLOCKSIZE, double_quant: bool = True) -> NF4Tensor:
     """Quantize `weight` to NF4 in blocks of `blocksize`, optionally double-quantizing the scales."""
     codes, absmax = quantize_blockwise(weight, nf4_levels(), blocksize)
     packed = pack_nibbles(codes)

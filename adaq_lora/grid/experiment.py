@@ -13,37 +13,34 @@ writes into `out_dir`:
 
 A run with `checkpoint_every` set resumes training from its last checkpoint. Memory is the peak of one training step
 on the run's longest batch (`memory.measure_training_memory`), with its breakdown, taken before training where the
-run's peak is. `adaq_lora` plans its base's precision (`precision.py`) from the first training examples. `base` is not trained: its memory
+run's peak is. `adaq_lora` plans its base's precision (`quant/precision.py`) from the first training examples. `base` is not trained: its memory
 is that of the forward pass and the loss on the same batch, the paper's base rows' only possible meaning.
 """
 from __future__ import annotations
 
-import copy
 import json
-import os
 import shutil
 import statistics
-import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
 import torch
 
-from .config import QUANTIZED_METHODS, AdaQConfig
-from .data import build_example, collate_examples, load_records, prompt_text, split_records
-from .evaluate import generate_answers
-from .methods import trainable_parameters
-from .metrics import METRIC_NAMES, bootstrap_intervals, per_example_scores
-from .models import DEFAULT_MODEL, load_model
-from .memory import MemoryBreakdown, measure_training_memory
-from .precision import calibration_batches
-from .profiles import Profile, load_profile
-from .saving import write_json_atomic
-from .train import TrainConfig, steps_for, train
-from .tuning import Tuner, all_methods, prepare
+from ..atomic import write_json_atomic, write_jsonl_atomic
+from ..config import AdaQConfig, TrainConfig
+from ..data import collate_examples, load_records, pad_token_id, prompt_text, split_records, tokenize_records
+from ..scoring.evaluate import generate_answers
+from ..tuners.methods import trainable_parameters
+from ..scoring.metrics import METRIC_NAMES, bootstrap_intervals, per_example_scores
+from ..models import DEFAULT_MODEL, load_model
+from ..measure.memory import measure_training_memory
+from ..quant.precision import calibration_batches
+from ..profiles import Profile, load_profile
+from ..training import steps_for, train
+from ..tuners import Tuner, method_spec, prepare, save
 
 RESULT_FILE = "result.json"
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -52,8 +49,6 @@ CHECKPOINT_DIR = "checkpoint"
 RUN_FILE = "run.json"  # what the folder's run is, written first, so a resumed checkpoint is known to fit
 SPLIT_SEED = 0  # the 80/20 split is the same whatever the run's seed: every method meets the same test set
 TEST_FRACTION = 0.2  # Sec. 3: 80% training, 20% test
-FOUR_BIT_METHODS = QUANTIZED_METHODS + ("peft-qlora", "peft-adalora")
-UNTRAINED_METHODS = ("base",)
 VERSIONED_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "adaq-lora")
 RESULT_KEYS = (
     "method", "dataset", "model", "profile", "settings", "seed", "n_train", "n_test", "total_steps",
@@ -67,7 +62,7 @@ RESULT_KEYS = (
 class Experiment:
     """A validated cell of the grid with its records loaded: everything that can be refused is checked here."""
 
-    method: str  # one of tuning.all_methods()
+    method: str  # a registered method (tuners.registry), ours or a PEFT peer
     dataset: str  # a stand-in name, a hub id or a JSON / JSONL path, as given
     profile: Profile  # the run's settings, overrides applied
     seed: int  # seeds the adapters' start, dropout and the batch order (not the split)
@@ -81,7 +76,7 @@ class Experiment:
     @property
     def total_steps(self) -> int:
         p = self.profile
-        return steps_for(len(self.train_records), p.epochs, p.batch_size, p.grad_accum)
+        return steps_for(len(self.train_records), p.epochs, p.train.batch_size, p.train.grad_accum)
 
     def identity(self) -> dict:
         """What makes two runs the same run: a folder holding another one is not resumed or skipped."""
@@ -89,27 +84,19 @@ class Experiment:
                 "profile": self.profile.name, "settings": self.profile.to_dict(), "seed": self.seed}
 
     def adaq_config(self) -> AdaQConfig:
+        """The profile's `adapter` section with the budget schedule laid out over this run's steps."""
         p, total = self.profile, self.total_steps
-        return AdaQConfig(r=p.r, lora_alpha=p.lora_alpha, lora_dropout=p.lora_dropout, init_r=p.init_r,
-                          target_r=p.target_r, t_init=int(p.t_init_fraction * total),
-                          t_final=int(p.t_final_fraction * total), delta_t=p.delta_t,
-                          orth_reg_weight=p.orth_reg_weight, precision_budget_bits=p.precision_budget_bits,
-                          total_steps=total, learning_rate=p.learning_rate,
-                          compute_dtype=p.compute_dtype, extra={"model": self.model_name, "dataset": self.dataset})
+        return replace(p.adapter, t_init=int(p.t_init_fraction * total), t_final=int(p.t_final_fraction * total),
+                       total_steps=total, extra={"model": self.model_name, "dataset": self.dataset})
 
     def train_config(self, progress: bool) -> TrainConfig:
-        p = self.profile
-        return TrainConfig(max_steps=self.total_steps, batch_size=p.batch_size, grad_accum=p.grad_accum,
-                           max_length=p.max_length, max_grad_norm=p.max_grad_norm, optimizer=p.optimizer,
-                           gradient_checkpointing=p.gradient_checkpointing, checkpoint_every=p.checkpoint_every,
-                           seed=self.seed, progress=progress)
+        """The profile's `train` section with this run's steps and seed."""
+        return replace(self.profile.train, max_steps=self.total_steps, seed=self.seed, progress=progress)
 
 
 def plan_experiment(method: str, dataset: str, profile: str, seed: int = 0, overrides: dict | None = None) -> Experiment:
     """Check the arguments (ValueError naming the valid choices) and load the records, before any model is loaded."""
-    methods = all_methods()
-    if method not in methods:
-        raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(methods)}")
+    method_spec(method)  # refuses an unknown method, naming the valid ones
     settings = load_profile(profile, overrides)
     if settings.device == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"profile {profile!r} needs a CUDA GPU and torch sees none (torch {torch.__version__}); "
@@ -145,18 +132,19 @@ def execute(experiment: Experiment, out_dir: str | Path, force: bool = False, pr
     began = time.perf_counter()
     model, tokenizer = _load_model(experiment)
     torch.manual_seed(experiment.seed)
-    calibration = calibration_batches(experiment.train_records, tokenizer, experiment.profile.max_length)
+    examples = tokenize_records(experiment.train_records, tokenizer, experiment.profile.train.max_length)  # once a run
+    calibration = calibration_batches(examples, pad_token_id(tokenizer))
     tuner = prepare(model, experiment.method, experiment.adaq_config(), calibration=calibration)
     training = None
     train_config = experiment.train_config(progress)
     if train_config.gradient_checkpointing:  # before the memory measurement, which must see the run as it trains
         tuner.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    memory = _measure_memory(experiment, tuner, tokenizer)
-    if experiment.method not in UNTRAINED_METHODS:
+    memory = _measure_memory(experiment, tuner, examples, pad_token_id(tokenizer))
+    if method_spec(experiment.method).trains:
         training = train(tuner, tokenizer, experiment.train_records, train_config,
-                         checkpoint_dir=out_dir / CHECKPOINT_DIR)
-        if experiment.method != "full":  # a full fine-tune has no adapters: its weights are the whole model
-            tuner.save(out_dir / ADAPTERS_DIR)
+                         checkpoint_dir=out_dir / CHECKPOINT_DIR, examples=examples)
+        if not method_spec(experiment.method).trains_base:  # a full fine-tune's weights are the whole model
+            save(tuner, out_dir / ADAPTERS_DIR)
     eval_began = time.perf_counter()
     predictions = generate_answers(tuner.model, tokenizer, experiment.test_records, experiment.profile.max_new_tokens,
                                    experiment.profile.eval_batch_size, progress=progress)
@@ -225,19 +213,23 @@ def _subset(records: list[dict], size: int | None, split: str, dataset: str) -> 
 
 
 def _difference(previous: dict, identity: dict) -> str:
-    def changes(old: dict, new: dict) -> list[str]:
-        return [f"{key}: {old.get(key)!r} there, {new[key]!r} asked" for key in new if old.get(key) != new[key]]
+    def flat(data: dict, prefix: str = "") -> dict:
+        items = {}
+        for key, value in data.items():
+            items.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+        return items
 
-    top = {key: value for key, value in identity.items() if key != "settings"}
-    return "; ".join(changes(previous, top) + changes(previous.get("settings") or {}, identity["settings"]))
+    old, new = flat(previous), flat(identity)
+    order = sorted(new, key=lambda key: "." in key)  # the run's identity first, then its settings
+    return "; ".join(f"{key}: {old.get(key)!r} there, {new[key]!r} asked" for key in order if old.get(key) != new[key])
 
 
 def _load_model(experiment: Experiment):
     """The base model: float on the CPU profiles (`prepare` quantizes), 4-bit at load time where the profile says so."""
     p = experiment.profile
-    dtype = torch.float32 if p.compute_dtype == "auto" else getattr(torch, p.compute_dtype)
+    dtype = torch.float32 if p.adapter.compute_dtype == "auto" else getattr(torch, p.adapter.compute_dtype)
     quantization_config = None
-    if p.quantize_on_load and experiment.method in FOUR_BIT_METHODS:
+    if p.quantize_on_load and method_spec(experiment.method).quantized:
         from transformers import BitsAndBytesConfig
 
         quantization_config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
@@ -246,44 +238,25 @@ def _load_model(experiment: Experiment):
                       quantization_config=quantization_config)
 
 
-def _measure_memory(experiment: Experiment, tuner: Tuner, tokenizer) -> dict:
+def _measure_memory(experiment: Experiment, tuner: Tuner, examples: list[dict], pad_id: int) -> dict:
     """Peak memory of one training step on the run's longest batch (`base`: its forward pass and loss).
 
     Measured before training, where a run's peak is: SVD adapters are still at init_r with the allocator's
     importance EMAs beside them (rank compaction frees both later). The measurement's steps run at learning rate 0
-    on an optimizer of their own, so the weights do not move; the EMAs they feed are put back afterwards.
+    on an optimizer of their own, so the weights do not move; the tuner's state they change is put back afterwards.
     """
     p = experiment.profile
-    examples = sorted((build_example(record, tokenizer, p.max_length) for record in experiment.train_records),
-                      key=lambda example: len(example["input_ids"]), reverse=True)[: p.batch_size]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    batch = collate_examples(examples, pad_id)
-    allocator_state = copy.deepcopy(tuner.allocator.state_dict()) if tuner.allocator is not None else None
-    breakdown = tuner_memory(tuner, batch, p.max_grad_norm)
-    if allocator_state is not None:
-        tuner.allocator.load_state_dict(allocator_state)
+    longest = sorted(examples, key=lambda example: len(example["input_ids"]), reverse=True)[: p.train.batch_size]
+    batch = collate_examples(longest, pad_id)
+    breakdown = measure_training_memory(tuner, batch, max_grad_norm=p.train.max_grad_norm)
     shape = "×".join(str(size) for size in batch["input_ids"].shape)
-    what = ("a forward pass and the loss (base trains nothing)" if experiment.method in UNTRAINED_METHODS
+    what = ("a forward pass and the loss (base trains nothing)" if not method_spec(experiment.method).trains
             else "one training step (forward, backward, clipping, paged AdamW)")
     return {"memory_mb": breakdown.total_mb, "memory_breakdown": breakdown.as_dict(),
             "memory_measured": f"{what} on the longest training batch, {shape} tokens"}
 
 
-def tuner_memory(tuner: Tuner, batch: dict, max_grad_norm: float) -> MemoryBreakdown:
-    """`memory.measure_training_memory` of a prepared method, ours or a PEFT peer, with its own loss terms."""
-    # Eq. 6's term is ours to add for our SVD methods; PEFT's AdaLoRA adds its own inside the forward pass.
-    orth_reg_weight = tuner.config.orth_reg_weight if tuner.allocator is not None else 0.0
-    # once the mask is fixed the allocator stops updating its importance EMAs (compaction frees them): nor does the step
-    scoring = tuner.allocator if tuner.allocator is not None and tuner.allocator.rank_pattern is None else None
-    return measure_training_memory(tuner.model, batch, orth_reg_weight=orth_reg_weight, max_grad_norm=max_grad_norm,
-                                   allocator=scoring)
-
-
 def _write_predictions(path: Path, records: list[dict], predictions: list[str], per_example: dict) -> None:
-    handle, staging = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(handle, "w", encoding="utf-8") as file:
-        for index, (record, prediction) in enumerate(zip(records, predictions)):
-            line = {"prompt": prompt_text(record), "reference": record["output"], "prediction": prediction,
-                    "scores": {name: per_example[name][index] for name in METRIC_NAMES}}
-            file.write(json.dumps(line, ensure_ascii=False) + "\n")
-    os.replace(staging, path)
+    write_jsonl_atomic(path, [{"prompt": prompt_text(record), "reference": record["output"], "prediction": prediction,
+                               "scores": {name: per_example[name][index] for name in METRIC_NAMES}}
+                              for index, (record, prediction) in enumerate(zip(records, predictions))])

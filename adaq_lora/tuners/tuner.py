@@ -1,32 +1,36 @@
 """What a training loop needs from a method, whoever implements it (book chapters 6 and 7).
 
-`prepare(model, method, config)` returns a `Tuner`: the prepared model, the extra loss term of Eq. 6 and the
-hook that runs after every optimizer step (the rank allocator of Sec. 2.3). Our six methods are built here; the
-PEFT peers (`peft-lora`, `peft-qlora`, `peft-adalora`) subclass `Tuner` in `peers.py` and register there, so the loop, the data
-and the evaluation are the same for all of them.
+`tuners.prepare(model, method, config)` returns a `Tuner`: the prepared model with the state of the method applied
+to it (its name, its config, the rank allocator of Sec. 2.3, the precision plan of the base), the extra loss term
+of Eq. 6 and the hook that runs after every optimizer step. State lives here, on the wrapper, not on the Hugging
+Face model (as PEFT keeps `PeftModel.peft_config`): saving, loading and export read it from the Tuner. The PEFT
+peers subclass it in `peers.py`, so the loop, the data and the evaluation are the same for every method.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
 
-from .config import METHODS, SVD_METHODS, AdaQConfig
-from .methods import apply_method
-from .rank_allocator import RankAllocator
-from .saving import export_peft, save_adapters
-from .svd_adapter import orthogonal_regularizer
+from ..adapters.rank_allocator import RankAllocator
+from ..adapters.svd_adapter import orthogonal_regularizer
+from ..config import AdaQConfig
+from ..quant.precision import PrecisionPlan
+from .registry import MethodSpec, method_spec
 
 
 @dataclass
 class Tuner:
     model: nn.Module  # the model as prepared for training
-    method: str  # the method's name, ours or a peer's
+    method: str  # the method's name, ours or a peer's (tuners.registry)
     config: AdaQConfig  # the settings it was prepared with
     allocator: RankAllocator | None = None  # the rank budget of SVD methods; None for the others
+    precision_plan: PrecisionPlan | None = None  # how adaq_lora stores the frozen base; None: QLoRA's layout or none
 
+    @property
+    def spec(self) -> MethodSpec:
+        return method_spec(self.method)
     def regularizer(self) -> torch.Tensor | None:
         """γ Σ_k R(P_k, Q_k) of Sec. 2.3, added to the loss; None where the method has none or adds it itself."""
         if self.allocator is None or self.config.orth_reg_weight == 0:
@@ -61,35 +65,3 @@ class Tuner:
         first shrinks the adapters and the optimizer's parameters to the shapes it was saved with."""
         if self.allocator is not None:
             self.allocator.load_state_dict(state, optimizer)
-
-    def save(self, path, base_model_name_or_path: str | None = None) -> None:
-        """Adapters in our format (with the base's precision plan, if any) and in PEFT's, side by side in one folder."""
-        save_adapters(self.model, path)
-        if self.method not in ("base", "full"):
-            export_peft(self.model, path, base_model_name_or_path)
-
-
-PEER_BUILDERS: dict[str, Callable[[nn.Module, AdaQConfig], Tuner]] = {}
-
-
-def all_methods() -> tuple[str, ...]:
-    from . import peers  # noqa: F401  registers the PEFT peers
-
-    return METHODS + tuple(PEER_BUILDERS)
-
-
-def prepare(model: nn.Module, method: str, config: AdaQConfig | None = None, *,
-            calibration: list[dict] | None = None, precision_plan=None) -> Tuner:
-    """Apply `method` to `model` and return the Tuner the training loop drives.
-
-    `calibration` (batches of one example) and `precision_plan` reach `apply_method`; only `adaq_lora` uses them.
-    """
-    config = config or AdaQConfig()
-    valid = all_methods()
-    if method not in valid:
-        raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(valid)}")
-    if method in PEER_BUILDERS:
-        return PEER_BUILDERS[method](model, config)
-    apply_method(model, method, config, calibration=calibration, precision_plan=precision_plan)
-    allocator = RankAllocator(model, config) if method in SVD_METHODS else None
-    return Tuner(model=model, method=method, config=config, allocator=allocator)

@@ -35,7 +35,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .blockwise import BLOCKSIZE, PRECISIONS, BlockwiseEmbedding, BlockwiseLinear, BlockwiseMatrix
+from ..atomic import write_json_atomic
+from ..data import collate_examples
+from .blockwise import PRECISIONS, BlockwiseEmbedding, BlockwiseLinear, BlockwiseMatrix
+from .nf4 import BLOCKSIZE
 from .quantize import OUTPUT_HEADS, compute_dtype_for, quantize_linear
 
 PLAN_FILE = "precision_plan.json"
@@ -63,7 +66,6 @@ class PrecisionPlan:
                 f"{self.budget_bits:g}): " + ", ".join(f"{n} {p}" for p, n in counts.items()))
 
     def save(self, folder: str | Path) -> Path:
-        from .saving import write_json_atomic
 
         path = Path(folder) / PLAN_FILE
         write_json_atomic(path, asdict(self))
@@ -77,13 +79,9 @@ class PrecisionPlan:
         return cls(**json.loads(path.read_text(encoding="utf-8")))
 
 
-def calibration_batches(records: list[dict], tokenizer, max_length: int,
-                        count: int = CALIBRATION_EXAMPLES) -> list[dict]:
-    """The first `count` training records, one per batch, tokenized as the training loop tokenizes them."""
-    from .data import build_example, collate_examples
-
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return [collate_examples([build_example(record, tokenizer, max_length)], pad_id) for record in records[:count]]
+def calibration_batches(examples: list[dict], pad_id: int, count: int = CALIBRATION_EXAMPLES) -> list[dict]:
+    """The first `count` training examples (`data.tokenize_records`, as the loop trains on them), one per batch."""
+    return [collate_examples([example], pad_id) for example in examples[:count]]
 
 
 def frozen_matrices(model: nn.Module) -> dict[str, list[str]]:
@@ -215,7 +213,6 @@ def apply_precision_plan(model: nn.Module, plan: PrecisionPlan, compute_dtype: t
             setattr(shared_host, shared_leaf,
                     BlockwiseEmbedding(matrix, original.padding_idx) if isinstance(original, nn.Embedding)
                     else BlockwiseLinear(matrix, original.bias))
-    model.adaq_precision_plan = plan
     model.is_loaded_in_4bit = True
     return model
 

@@ -9,25 +9,30 @@
 | `adalora`   | full precision          | P Λ Q with the rank budget               | Eqs. 5-7       |
 | `adaq_lora` | 4-bit NF4, double quant | P Λ Q with the rank budget               | the paper's    |
 
-Kept apart as PEFT keeps its tuners: the layers live in `lora.py` and `svd_adapter.py`, the 4-bit storage in
-`quantize.py`; this module only decides which layer goes where.
+Kept apart as PEFT keeps its tuners: the layers live in `adapters/` (`lora.py`, `svd_adapter.py`), the 4-bit storage
+in `quant/`; this module only decides which layer goes where, and registers the six in `tuners.registry`.
 """
 from __future__ import annotations
 
+from functools import partial
 from itertools import chain
 
 import torch
 from torch import nn
 
-from .config import LORA_METHODS, QUANTIZED_METHODS, SVD_METHODS, AdaQConfig, check_method
-from .loftq import loftq_start
-from .lora import AdapterLayer, LoraLinear
-from .models import default_target_modules, linear_leaf_names
-from .precision import PrecisionPlan, apply_precision_plan, plan_precision
-from .quantize import compute_dtype_for, quantize_model
-from .svd_adapter import SVDLinear
+from ..adapters.loftq import loftq_start
+from ..adapters.lora import AdapterLayer, LoraLinear
+from ..adapters.rank_allocator import RankAllocator
+from ..adapters.svd_adapter import SVDLinear
+from ..config import AdaQConfig
+from ..models import default_target_modules, linear_leaf_names
+from ..quant.precision import PrecisionPlan, apply_precision_plan, plan_precision
+from ..quant.blockwise import BlockwiseMatrix
+from ..quant.quantize import compute_dtype_for, quantize_model
+from .registry import MethodSpec, method_spec, register_method
+from .tuner import Tuner
 
-ADAPTER_LAYERS = {**{m: LoraLinear for m in LORA_METHODS}, **{m: SVDLinear for m in SVD_METHODS}}
+ADAPTER_LAYERS = {"lora": LoraLinear, "svd": SVDLinear}
 
 
 def resolve_compute_dtype(config: AdaQConfig, device: torch.device) -> torch.dtype:
@@ -38,25 +43,36 @@ def resolve_compute_dtype(config: AdaQConfig, device: torch.device) -> torch.dty
 
 def apply_method(model: nn.Module, method: str, config: AdaQConfig | None = None, *,
                  calibration: list[dict] | None = None, precision_plan: PrecisionPlan | None = None) -> nn.Module:
-    """Prepare `model` in place for fine-tuning with `method` and return it.
+    """Prepare `model` in place for fine-tuning with `method` (one of ours) and return it.
 
     `adaq_lora` with `config.precision_budget_bits` set stores the frozen base by a precision plan
-    (`precision.py`): `precision_plan` if given (e.g. loaded with saved adapters), else one made now from the
+    (`quant/precision.py`): `precision_plan` if given (e.g. loaded with saved adapters), else one made now from the
     `calibration` batches (one example each; None: the data-free plan). Seed torch before the call: the
     adapters' random starts come from torch's generator. The model keeps the mode it had (as PEFT's
     `get_peft_model` does): the new layers would otherwise start in training mode, with dropout on.
+    `tuners.prepare` does the same and returns the `Tuner` that holds the method's state.
     """
-    check_method(method)
-    training = model.training
-    config = config or AdaQConfig()
-    if config.loftq_init and not (method in SVD_METHODS and method in QUANTIZED_METHODS):
+    apply_ours(model, method_spec(method), config or AdaQConfig(), calibration, precision_plan)
+    return model
+
+
+def apply_ours(model: nn.Module, spec: MethodSpec, config: AdaQConfig, calibration: list[dict] | None,
+               precision_plan: PrecisionPlan | None) -> PrecisionPlan | None:
+    """`apply_method`'s work; returns the precision plan the base was stored by, if any."""
+    if spec.peer:
+        raise ValueError(f"{spec.name} is PEFT's: prepare it with adaq_lora.tuners.prepare(model, {spec.name!r})")
+    if config.loftq_init and not (spec.svd and spec.quantized):
         raise ValueError(f"loftq_init=True starts the adapters from the quantization error, so it needs SVD adapters "
-                         f"on a quantized base (method 'adaq_lora'), not method {method!r}")
-    if getattr(model, "adaq_method", None) is not None:
-        raise ValueError(f"method {model.adaq_method!r} is already applied to this model; load a fresh one")
+                         f"on a quantized base (method 'adaq_lora'), not method {spec.name!r}")
+    # a base loaded in 4 bits (transformers' BitsAndBytesConfig) is welcome; adapters or a precision plan are not
+    if adapter_layers(model) or any(isinstance(module, BlockwiseMatrix) for module in model.modules()):
+        raise ValueError("a method is already applied to this model (it holds adapters or a precision-planned "
+                         "base); load a fresh one")
+    training = model.training
     for param in model.parameters():
-        param.requires_grad_(method == "full")
-    if method in ADAPTER_LAYERS:
+        param.requires_grad_(spec.trains_base)
+    plan = None
+    if spec.adapter is not None:
         targets = config.target_modules or default_target_modules(model)
         available = linear_leaf_names(model)
         unknown = sorted(set(targets) - available)
@@ -65,20 +81,26 @@ def apply_method(model: nn.Module, method: str, config: AdaQConfig | None = None
         # references, not copies: they keep the targets' full-precision weights alive through quantization
         originals = ({name: layer.weight.detach() for name, layer in target_linears(model, targets)}
                      if config.loftq_init else {})
-        if method in QUANTIZED_METHODS:
+        if spec.quantized:
             compute_dtype = resolve_compute_dtype(config, next(model.parameters()).device)
-            if method == "adaq_lora" and (precision_plan is not None or config.precision_budget_bits is not None):
+            if spec.precision_plan and (precision_plan is not None or config.precision_budget_bits is not None):
                 plan = precision_plan or plan_precision(model, config.precision_budget_bits, calibration)
                 apply_precision_plan(model, plan, compute_dtype)
             else:
                 quantize_model(model, quant_type=config.quant_type, double_quant=config.double_quant,
                                compute_dtype=compute_dtype)
-        inject_adapters(model, ADAPTER_LAYERS[method], targets, config)
+        inject_adapters(model, ADAPTER_LAYERS[spec.adapter], targets, config)
         loftq_start(model, originals)
     model.train(training)
-    model.adaq_method = method
-    model.adaq_config = config
-    return model
+    return plan
+
+
+def build(model: nn.Module, config: AdaQConfig, calibration=None, precision_plan=None, *, method: str) -> Tuner:
+    """One of our methods applied to `model`, as the Tuner the training loop drives."""
+    spec = method_spec(method)
+    plan = apply_ours(model, spec, config, calibration, precision_plan)
+    allocator = RankAllocator(model, config) if spec.svd else None
+    return Tuner(model=model, method=method, config=config, allocator=allocator, precision_plan=plan)
 
 
 def inject_adapters(model: nn.Module, layer_class: type[AdapterLayer], targets, config: AdaQConfig) -> None:
@@ -110,3 +132,15 @@ def set_merged(model: nn.Module, merged: bool) -> None:
     """Merge every adapter into its base for inference (True), or take them out again (False)."""
     for layer in adapter_layers(model).values():
         layer.merge() if merged else layer.unmerge()
+
+
+def _register(name: str, label: str, adapter: str | None, quantized: bool, **traits) -> None:
+    register_method(MethodSpec(name, label, adapter, quantized, partial(build, method=name), **traits))
+
+
+_register("base", "", None, False)  # the untrained model: the paper's "GLM2" rows
+_register("full", "+full fine-tuning", None, False, trains_base=True)
+_register("lora", "+LoRA", "lora", False)
+_register("qlora", "+QLoRA", "lora", True)
+_register("adalora", "+AdaLoRA", "svd", False)
+_register("adaq_lora", "+ADAQ-LoRA", "svd", True, precision_plan=True)

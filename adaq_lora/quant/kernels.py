@@ -11,7 +11,7 @@ two of them compute something other than the weight the codes stand for:
   otherwise, so inference differs from training.
 
 `import_bitsandbytes()` is how the package reaches bitsandbytes. Its first call probes both kernels on small
-matrices against `adaq_lora.nf4` (milliseconds) and routes every faulty case through a correct path, saying so
+matrices against `adaq_lora.quant.nf4` (milliseconds) and routes every faulty case through a correct path, saying so
 once in the log: a faulty width class of `dequantize_4bit` is decoded as rows of one block each, a shape the
 native kernel gets right, or by the reference where that does not divide; a faulty repacking is switched off, so
 every `Linear4bit` built afterwards computes as in training. The routes sit in the dispatcher (the
@@ -26,11 +26,9 @@ from math import prod
 
 import torch
 
-from .nf4 import dequantize_blockwise, nf4_levels, unpack_nibbles
+from .nf4 import BLOCKSIZE, dequantize_blockwise, nf4_levels, unpack_nibbles
 
 BITSANDBYTES_PIN = "bitsandbytes==0.50.2"
-BLOCKSIZE = 64  # weights per NF4 scale (QLoRA's); also the row length that lets rows be decoded alone
-SCALE_BLOCKSIZE = 256  # scales per second-level scale under double quantization (QLoRA's)
 
 # The width classes whose kernels differ on AVX-512 CPUs, each probed with one width.
 WIDTH_CLASSES = {"multiple of 64": 128, "odd multiple of 32": 96, "not a multiple of 32": 100}
@@ -91,7 +89,7 @@ def _decode(packed, absmax, levels, blocksize: int, shape, dtype) -> torch.Tenso
 
 
 def reference_dequantize(packed: torch.Tensor, state) -> torch.Tensor:
-    """The weight that bitsandbytes' packed codes and QuantState stand for, decoded by `adaq_lora.nf4`."""
+    """The weight that bitsandbytes' packed codes and QuantState stand for, decoded by `adaq_lora.quant.nf4`."""
     absmax = state.absmax
     if state.nested:  # the scales are 8-bit codes into state2's table, centred on state.offset
         nested = state.state2

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .compaction import compact_layers, kept_triplets, leading_triplets
-from .config import AdaQConfig
+from ..config import AdaQConfig
 from .svd_adapter import SVDLinear, svd_layers
 
 SCORED_PARAMETERS = ("lora_A", "lora_E", "lora_B")

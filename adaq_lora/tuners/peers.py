@@ -1,22 +1,37 @@
 """The peers a user would otherwise pick: PEFT's LoRA, QLoRA and AdaLoRA (book chapters 7 and 8).
 
 They run through the same training loop, data and evaluation as our methods, so the tables and the benchmarks
-compare like with like. The 4-bit peers sit on the same bitsandbytes NF4 base that `quantize.py` builds for
+compare like with like. The 4-bit peers sit on the same bitsandbytes NF4 base that `quant/quantize.py` builds for
 ours. PEFT's AdaLoRA adds its own orthogonality term inside the forward pass (a mean of unsquared norms, weight
 0.5 by default) and needs `update_and_allocate(step)` after each optimizer step, which the loop calls here.
+`peft_config` is the one place our `AdaQConfig` names are said in PEFT's: the peers and the export both use it.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .config import AdaQConfig
+from ..config import AdaQConfig
+from ..models import default_target_modules
+from ..quant.quantize import quantize_model
 from .methods import resolve_compute_dtype
-from .models import default_target_modules
-from .quantize import quantize_model
-from .tuning import PEER_BUILDERS, Tuner
+from .registry import MethodSpec, register_method
+from .tuner import Tuner
 
 PEFT_ADALORA_ORTH_REG_WEIGHT = 0.5  # PEFT's default for its own (mean, unsquared) regularizer
+
+
+def peft_config(adapter: str, config: AdaQConfig, target_modules, orth_reg_weight: float, **extra):
+    """PEFT's `LoraConfig` (adapter "lora") or `AdaLoraConfig` ("svd") holding `config`'s settings."""
+    from peft import AdaLoraConfig, LoraConfig
+
+    common = dict(target_modules=list(target_modules), lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                  task_type="CAUSAL_LM", **extra)
+    if adapter == "lora":
+        return LoraConfig(r=config.r, **common)
+    return AdaLoraConfig(init_r=config.init_r, target_r=config.target_r, tinit=config.t_init, tfinal=config.t_final,
+                         deltaT=config.delta_t, beta1=config.beta1, beta2=config.beta2,
+                         orth_reg_weight=orth_reg_weight, total_step=config.total_steps, **common)
 
 
 class PeftTuner(Tuner):
@@ -63,45 +78,23 @@ class PeftTuner(Tuner):
         allocator.ipt, allocator.exp_avg_ipt, allocator.exp_avg_unc = state["ipt"], state["exp_avg_ipt"], state["exp_avg_unc"]
         self.model.peft_config["default"].rank_pattern = state["rank_pattern"]
 
-    def save(self, path, base_model_name_or_path: str | None = None) -> None:
-        self.model.save_pretrained(str(path))
 
-
-def _peft_common(model: nn.Module, config: AdaQConfig) -> dict:
-    targets = list(config.target_modules or default_target_modules(model))
-    return dict(target_modules=targets, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                task_type="CAUSAL_LM")
-
-
-def _build(method: str, quantized: bool, peft_config_factory):
-    def build(model: nn.Module, config: AdaQConfig) -> PeftTuner:
+def _builder(name: str, adapter: str, quantized: bool):
+    def build(model: nn.Module, config: AdaQConfig, calibration=None, precision_plan=None) -> PeftTuner:
         from peft import get_peft_model
 
         if quantized:
             device = next(model.parameters()).device
             quantize_model(model, quant_type=config.quant_type, double_quant=config.double_quant,
                            compute_dtype=resolve_compute_dtype(config, device))
-        peft_model = get_peft_model(model, peft_config_factory(model, config))
-        return PeftTuner(model=peft_model, method=method, config=config)
+        targets = config.target_modules or default_target_modules(model)
+        settings = peft_config(adapter, config, targets, PEFT_ADALORA_ORTH_REG_WEIGHT)
+        return PeftTuner(model=get_peft_model(model, settings), method=name, config=config)
 
     return build
 
 
-def _lora_config(model, config):
-    from peft import LoraConfig
-
-    return LoraConfig(r=config.r, **_peft_common(model, config))
-
-
-def _adalora_config(model, config):
-    from peft import AdaLoraConfig
-
-    return AdaLoraConfig(init_r=config.init_r, target_r=config.target_r, tinit=config.t_init, tfinal=config.t_final,
-                         deltaT=config.delta_t, beta1=config.beta1, beta2=config.beta2,
-                         orth_reg_weight=PEFT_ADALORA_ORTH_REG_WEIGHT, total_step=config.total_steps,
-                         **_peft_common(model, config))
-
-
-PEER_BUILDERS["peft-lora"] = _build("peft-lora", False, _lora_config)
-PEER_BUILDERS["peft-qlora"] = _build("peft-qlora", True, _lora_config)
-PEER_BUILDERS["peft-adalora"] = _build("peft-adalora", True, _adalora_config)
+for _name, _label, _adapter, _quantized in (("peft-lora", "+LoRA (PEFT)", "lora", False),
+                                            ("peft-qlora", "+QLoRA (PEFT)", "lora", True),
+                                            ("peft-adalora", "+AdaLoRA (PEFT)", "svd", True)):
+    register_method(MethodSpec(_name, _label, _adapter, _quantized, _builder(_name, _adapter, _quantized), peer=True))

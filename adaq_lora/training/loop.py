@@ -13,9 +13,7 @@ never leaves one half-written.
 from __future__ import annotations
 
 import math
-import os
 import random
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,36 +21,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .data import build_example, collate_examples
-from .tuning import Tuner
+from ..atomic import torch_save_atomic
+from ..config import TrainConfig
+from ..data import collate_examples, pad_token_id, tokenize_records
+from ..tuners.tuner import Tuner
+from .step import NonFiniteLoss, make_optimizer, training_step
 
-OPTIMIZERS = ("paged_adamw", "adamw")
 CHECKPOINT_FILE = "checkpoint.pt"
-
-
-@dataclass
-class TrainConfig:
-    max_steps: int  # optimizer steps of the run (the CLI derives it from epochs × training examples)
-    batch_size: int = 1  # examples per micro-batch; the paper's is 1
-    grad_accum: int = 1  # micro-batches per optimizer step
-    max_length: int = 128  # tokens per example, prompt + answer, truncated from the end
-    max_grad_norm: float = 0.1  # the paper's gradient clipping
-    optimizer: str = "paged_adamw"  # "paged_adamw" (bitsandbytes, the paper's) or "adamw" (torch)
-    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more time
-    checkpoint_every: int = 0  # write a resumable checkpoint every N steps; 0 for none
-    seed: int = 0  # batch order and dropout
-    progress: bool = True  # show a progress bar with loss, learning rate and budget
-
-    def __post_init__(self):
-        for name in ("max_steps", "batch_size", "grad_accum", "max_length"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.checkpoint_every < 0:
-            raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
-        if not self.max_grad_norm > 0:
-            raise ValueError(f"max_grad_norm must be > 0, got {self.max_grad_norm}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
 
 
 @dataclass
@@ -77,38 +52,6 @@ class TrainResult:
         return self.tokens / self.train_seconds if self.train_seconds else float("nan")
 
 
-def make_optimizer(params, name: str, learning_rate: float) -> torch.optim.Optimizer:
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
-    from .kernels import import_bitsandbytes
-
-    return import_bitsandbytes().optim.PagedAdamW(params, lr=learning_rate, weight_decay=0.0)
-
-
-def optimized_parameters(optimizer: torch.optim.Optimizer) -> list[torch.nn.Parameter]:
-    return [p for group in optimizer.param_groups for p in group["params"]]
-
-
-def training_loss(tuner: Tuner, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """L = C + γ Σ_k R(P_k, Q_k) on one micro-batch (Sec. 2.3), and C alone.
-
-    Eq. 6's term is built before the forward pass: autograd then runs its backward last, so the adapters'
-    gradients do not sit beside the logits' at the start of backward (the step's memory peak).
-    """
-    regularizer = tuner.regularizer()
-    cross_entropy = tuner.model(**batch).loss
-    return (cross_entropy if regularizer is None else cross_entropy + regularizer), cross_entropy
-
-
-def finish_step(tuner: Tuner, optimizer: torch.optim.Optimizer, max_grad_norm: float) -> int | None:
-    """Clip, take the optimizer step, let the allocator read the gradients, clear them; return the budget in force."""
-    torch.nn.utils.clip_grad_norm_(optimized_parameters(optimizer), max_grad_norm)
-    optimizer.step()
-    budget = tuner.after_optimizer_step(optimizer)
-    optimizer.zero_grad(set_to_none=True)
-    return budget
-
-
 def micro_batch_order(n_examples: int, batch_size: int, seed: int, micro_step: int) -> list[int]:
     """The example indices of micro-batch `micro_step`: each epoch a fresh seeded shuffle, a function of the step."""
     per_epoch = max(1, n_examples // batch_size)
@@ -128,10 +71,7 @@ def save_checkpoint(path: Path, tuner: Tuner, optimizer, step: int, result: Trai
     path.mkdir(parents=True, exist_ok=True)
     payload = {"step": step, "trainable": _trainable_state(tuner), "optimizer": optimizer.state_dict(),
                "tuner": tuner.state_dict(), "rng": torch.get_rng_state(), "result": result.__dict__}
-    handle, staging = tempfile.mkstemp(dir=path, prefix=f".{CHECKPOINT_FILE}.")
-    os.close(handle)
-    torch.save(payload, staging)
-    os.replace(staging, path / CHECKPOINT_FILE)
+    torch_save_atomic(path / CHECKPOINT_FILE, payload)
 
 
 def load_checkpoint(path: Path, tuner: Tuner, optimizer) -> tuple[int, TrainResult]:
@@ -152,13 +92,16 @@ def load_checkpoint(path: Path, tuner: Tuner, optimizer) -> tuple[int, TrainResu
 
 
 def train(tuner: Tuner, tokenizer, train_records: list[dict], config: TrainConfig,
-          checkpoint_dir: str | Path | None = None) -> TrainResult:
-    """Fine-tune `tuner.model` on `train_records`; resumes from `checkpoint_dir` when it holds a checkpoint."""
+          checkpoint_dir: str | Path | None = None, *, examples: list[dict] | None = None) -> TrainResult:
+    """Fine-tune `tuner.model` on `train_records`; resumes from `checkpoint_dir` when it holds a checkpoint.
+
+    `examples`: the records already tokenized (`data.tokenize_records`) by a run that tokenizes once.
+    """
     if not train_records:
         raise ValueError("no training records: the training split is empty")
     model = tuner.model
-    examples = [build_example(record, tokenizer, config.max_length) for record in train_records]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    examples = examples if examples is not None else tokenize_records(train_records, tokenizer, config.max_length)
+    pad_id = pad_token_id(tokenizer)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"method {tuner.method!r} has nothing to train")
@@ -174,29 +117,25 @@ def train(tuner: Tuner, tokenizer, train_records: list[dict], config: TrainConfi
         start, result = load_checkpoint(checkpoint_dir, tuner, optimizer)
     device = next(model.parameters()).device
     model.train()
-    bar = tqdm(total=config.max_steps, initial=start, desc=tuner.method, disable=not config.progress)
-    for step in range(start + 1, config.max_steps + 1):
+    max_steps = config.max_steps or steps_for(len(examples), 1, config.batch_size, config.grad_accum)
+    bar = tqdm(total=max_steps, initial=start, desc=tuner.method, disable=not config.progress)
+    for step in range(start + 1, max_steps + 1):
         began = time.perf_counter()
-        step_loss = step_cross_entropy = 0.0
-        for micro in range(config.grad_accum):
-            indices = micro_batch_order(len(examples), config.batch_size, config.seed,
-                                        (step - 1) * config.grad_accum + micro)
-            batch = {k: v.to(device) for k, v in collate_examples([examples[i] for i in indices], pad_id).items()}
-            loss, cross_entropy = training_loss(tuner, batch)
-            if not torch.isfinite(loss):
-                saved = f"the checkpoint in {checkpoint_dir} stays usable" if checkpoint_dir else "no checkpoint was kept"
-                raise FloatingPointError(
-                    f"non-finite loss {loss.item()} at step {step} ({tuner.method}); {saved}. "
-                    "Lower the learning rate or the orthogonality weight, or check the data."
-                )
-            (loss / config.grad_accum).backward()
-            step_loss += loss.item() / config.grad_accum
-            step_cross_entropy += cross_entropy.item() / config.grad_accum
-            result.tokens += int(batch["attention_mask"].sum())
-        budget = finish_step(tuner, optimizer, config.max_grad_norm)
-        result.losses.append(step_loss)
-        result.lm_losses.append(step_cross_entropy)
+        batches = [{k: v.to(device) for k, v in collate_examples([examples[i] for i in indices], pad_id).items()}
+                   for indices in (micro_batch_order(len(examples), config.batch_size, config.seed,
+                                                     (step - 1) * config.grad_accum + micro)
+                                   for micro in range(config.grad_accum))]
+        try:
+            outcome = training_step(tuner, batches, optimizer, config.max_grad_norm)
+        except NonFiniteLoss as error:
+            saved = f"the checkpoint in {checkpoint_dir} stays usable" if checkpoint_dir else "no checkpoint was kept"
+            raise FloatingPointError(f"non-finite loss {error.value} at step {step} ({error.method}); {saved}. Lower "
+                                     "the learning rate or the orthogonality weight, or check the data.") from None
+        step_loss, budget = outcome.loss, outcome.budget
+        result.losses.append(outcome.loss)
+        result.lm_losses.append(outcome.cross_entropy)
         result.budgets.append(budget)
+        result.tokens += outcome.tokens
         result.step_seconds.append(time.perf_counter() - began)
         bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{tuner.config.learning_rate:.1e}",

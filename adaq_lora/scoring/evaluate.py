@@ -1,6 +1,6 @@
 """Greedy answers on the test split, batched (Sec. 3; book chapters 6-8).
 
-Prompts are built exactly as in training (`prompts.build_prompt`), padded on the left so every row's last
+Prompts are built exactly as in training (`data.build_prompt`), padded on the left so every row's last
 position is its own prompt's end, and decoded greedily up to a per-profile number of new tokens. The
 predictions are then scored by `metrics.score` with the paper's ROUGE/BLEU convention.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from .data import encode_prompt
+from ..data import encode_prompt, pad_token_id
 
 
 @torch.no_grad()
@@ -18,7 +18,7 @@ def generate_answers(model, tokenizer, records: list[dict], max_new_tokens: int 
     """The model's greedy answer to each record's prompt, in order."""
     if max_new_tokens <= 0 or batch_size <= 0:
         raise ValueError(f"max_new_tokens and batch_size must be positive, got {max_new_tokens}, {batch_size}")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .quantize import dequantized_weight
+from ..quant.quantize import dequantized_weight
 from .svd_adapter import SVDLinear
 
 

@@ -1,6 +1,6 @@
 """The peak memory of one training step, predicted from a model's configuration (paper Tables 1-2; book chapter 8).
 
-The same step and categories as `adaq_lora.memory` measures. Notation: N = batch × sequence tokens, T the
+The same step and categories as `adaq_lora.measure.memory` measures. Notation: N = batch × sequence tokens, T the
 sequence, L layers, hidden h, FFN width f, vocabulary V, n_h query heads and n_kv key/value heads of width d,
 c bytes per activation element (4 float32, 2 bfloat16), w bytes per full-precision weight, r the adapter rank
 (init_r for SVD adapters: masking a triplet frees nothing).
@@ -9,7 +9,7 @@ Static, the same at every instant:
   quantized weights  each decoder linear of n weights in NF4: n/2 bytes of codes and a 16-entry float32 code,
                      plus per 64-weight block a float32 absmax (4 bytes), or with double quantization a uint8
                      absmax (1 byte), a float32 scale per 256 blocks, a 256-entry float32 table and an offset
-                     adaq_lora with a precision plan (precision.py): every frozen matrix, embedding and head
+                     adaq_lora with a precision plan (quant/precision.py): every frozen matrix, embedding and head
                      included, at the plan's budget of bits per weight (the plan spends at most that)
   full precision     embeddings, the output head if untied, norms and biases (× w); the decoder linears too when
                      they are not quantized. Only adaq_lora's precision plan stores the embedding and head below w.
@@ -48,100 +48,18 @@ and ChatGLM2, then checked tensor by tensor against the measured timeline; tests
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from .config import LORA_METHODS, QUANTIZED_METHODS, SVD_METHODS, AdaQConfig, check_method
+from ..config import AdaQConfig
+from ..models import DEFAULT_TARGET_MODULES
+from ..paper import PAPER_MODEL_LABEL, PAPER_ROWS, published_memory_mb
+from ..quant.nf4 import BLOCKSIZE, SCALE_BLOCKSIZE
+from ..tuners.registry import method_spec
 from .memory import CATEGORIES, MemoryBreakdown
-from .models import DEFAULT_TARGET_MODULES
-from .tables import METHOD_SUFFIXES, PAPER_MODEL_LABEL
-from .tables import PAPER_ROWS as PUBLISHED
-
-CHATGLM2_6B_CONFIG = Path(__file__).resolve().parent.parent / "data" / "chatglm2-6b.json"
-FIELDS = {  # our name -> the configuration's name, per layout
-    "llama": dict(num_layers="num_hidden_layers", hidden_size="hidden_size", intermediate_size="intermediate_size",
-                  num_heads="num_attention_heads", num_kv_heads="num_key_value_heads", vocab_size="vocab_size",
-                  tied_embeddings="tie_word_embeddings"),
-    "chatglm": dict(num_layers="num_layers", hidden_size="hidden_size", intermediate_size="ffn_hidden_size",
-                    num_heads="num_attention_heads", num_kv_heads="multi_query_group_num", head_dim="kv_channels",
-                    vocab_size="padded_vocab_size", tied_embeddings="tie_word_embeddings"),
-}
-ATTENTION_KERNELS = ("sdpa", "flash_attention_2", "eager")
-NF4_BLOCK, NESTED_BLOCK = 64, 256  # weights per absmax; absmax values per second-level scale (double quant)
-
-
-@dataclass
-class ModelShape:
-    model_type: str  # the configuration's model_type ("llama", "chatglm", ...)
-    layout: str  # "chatglm", or "llama" for every decoder laid out as Llama (SmolLM, Qwen2, Mistral)
-    num_layers: int  # decoder layers L
-    hidden_size: int  # h
-    intermediate_size: int  # f, the FFN width
-    num_heads: int  # query heads n_h
-    num_kv_heads: int  # key/value heads n_kv (ChatGLM's multi-query groups)
-    head_dim: int  # d
-    vocab_size: int  # V
-    tied_embeddings: bool  # the output head shares the input embedding's weight
-    attention_bias: bool  # the attention projections carry biases (ChatGLM: add_qkv_bias, on query_key_value)
-    attention: str  # the attention kernel: sdpa, flash_attention_2 or eager
-
-    @classmethod
-    def from_config(cls, config, attention: str | None = None) -> "ModelShape":
-        """From a transformers config or a dict with the fields of FIELDS (ChatGLM's own names for ChatGLM)."""
-        def read(name, default=None):
-            return config.get(name, default) if isinstance(config, dict) else getattr(config, name, default)
-
-        model_type = read("model_type") or "llama"
-        layout = "chatglm" if model_type == "chatglm" else "llama"
-        missing = [name for name in FIELDS[layout].values() if read(name) is None]
-        if missing:
-            raise ValueError(f"the model config lacks {missing}; a {layout}-layout config needs "
-                             f"{sorted(FIELDS[layout].values())}")
-        values = {ours: read(theirs) for ours, theirs in FIELDS[layout].items()}
-        values.setdefault("head_dim", read("head_dim") or values["hidden_size"] // values["num_heads"])
-        attention = attention or read("_attn_implementation") or read("attn_implementation") or "sdpa"
-        if attention not in ATTENTION_KERNELS or (layout == "chatglm" and attention == "eager"):
-            raise ValueError(f"attention implementation {attention!r} is not modelled; use one of {ATTENTION_KERNELS} "
-                             "(ChatGLM: sdpa)")
-        attention_bias = bool(read("add_qkv_bias" if layout == "chatglm" else "attention_bias", False))
-        return cls(model_type, layout, attention=attention, attention_bias=attention_bias, **values)
-
-    def linears(self) -> dict[str, tuple[int, int]]:
-        """(in, out) of each linear layer of one decoder layer, by leaf name."""
-        h, f = self.hidden_size, self.intermediate_size
-        q, kv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        if self.layout == "chatglm":
-            return {"query_key_value": (h, q + 2 * kv), "dense": (q, h), "dense_h_to_4h": (h, 2 * f),
-                    "dense_4h_to_h": (f, h)}
-        return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h), "gate_proj": (h, f),
-                "up_proj": (h, f), "down_proj": (f, h)}
-
-    def input_groups(self) -> list[tuple[str, ...]]:
-        """The linears of a layer that read the same tensor: attention in, attention out, MLP in, MLP act."""
-        if self.layout == "chatglm":
-            return [("query_key_value",), ("dense",), ("dense_h_to_4h",), ("dense_4h_to_h",)]
-        return [("q_proj", "k_proj", "v_proj"), ("o_proj",), ("gate_proj", "up_proj"), ("down_proj",)]
-
-    def bias_size(self) -> int:
-        """Bias weights per layer: the attention projections' where the config has them."""
-        if not self.attention_bias:
-            return 0
-        if self.layout == "chatglm":
-            return self.linears()["query_key_value"][1]
-        return sum(self.linears()[name][1] for name in ("q_proj", "k_proj", "v_proj", "o_proj"))
-
-    def embedding_parameters(self) -> int:
-        """The input embedding, and the output head when it has its own weight."""
-        return self.vocab_size * self.hidden_size * (1 if self.tied_embeddings else 2)
-
-    def parameter_count(self) -> int:
-        per_layer = sum(i * o for i, o in self.linears().values()) + self.bias_size() + 2 * self.hidden_size
-        return self.num_layers * per_layer + self.hidden_size + self.embedding_parameters()
-
+from .model_shape import ModelShape, load_chatglm2_6b_config
 
 def dtype_bytes(dtype: torch.dtype | str) -> int:
     if isinstance(dtype, str):
@@ -153,16 +71,16 @@ def dtype_bytes(dtype: torch.dtype | str) -> int:
 
 def nf4_bytes(numel: int, double_quant: bool) -> int:
     """Bytes of one matrix in bitsandbytes' 4-bit storage: packed codes, the 16-entry code and the block scales."""
-    blocks = math.ceil(numel / NF4_BLOCK)
+    blocks = math.ceil(numel / BLOCKSIZE)
     codes = math.ceil(numel / 2) + 16 * 4
     if not double_quant:
         return codes + 4 * blocks
-    return codes + blocks + 4 * math.ceil(blocks / NESTED_BLOCK) + 256 * 4 + 4  # uint8 absmax, scales, table, offset
+    return codes + blocks + 4 * math.ceil(blocks / SCALE_BLOCKSIZE) + 256 * 4 + 4  # uint8 absmax, scales, table, offset
 
 
 def adapted_linears(shape: ModelShape, method: str, config: AdaQConfig) -> tuple[str, ...]:
     """The leaf names the method puts adapters on (none for base and full)."""
-    if method not in LORA_METHODS + SVD_METHODS:
+    if method_spec(method).adapter is None:
         return ()
     layout_default = DEFAULT_TARGET_MODULES[shape.layout]
     targets = config.target_modules or DEFAULT_TARGET_MODULES.get(shape.model_type, layout_default)
@@ -177,7 +95,7 @@ def saved_per_layer_token(shape: ModelShape, method: str, adapted, rank: int, dr
                           seq_len: int) -> int:
     """Bytes saved for backward by one decoder layer per token (see the module docstring)."""
     h, f, heads, q = shape.hidden_size, shape.intermediate_size, shape.num_heads, shape.num_heads * shape.head_dim
-    full = method == "full"
+    full = method_spec(method).trains_base
     norm = h * 4 + 4 + (h * c if shape.layout == "chatglm" and c != 4 else 0) + (h * c if full else 0)
     linears = shape.linears()
     inputs = 0
@@ -196,18 +114,18 @@ def saved_per_layer_token(shape: ModelShape, method: str, adapted, rank: int, dr
 
 def adapter_matrices(shape: ModelShape, method: str, config: AdaQConfig) -> tuple[int, list[tuple[int, int]]]:
     """The adapters' rank and the (in, out) of every adapted matrix of the model."""
-    rank = config.init_r if method in SVD_METHODS else config.r
+    rank = config.init_r if method_spec(method).svd else config.r
     linears = shape.linears()
     return rank, [linears[name] for name in adapted_linears(shape, method, config)] * shape.num_layers
 
 
 def adapter_parameters(shape: ModelShape, method: str, config: AdaQConfig) -> int:
     rank, matrices = adapter_matrices(shape, method, config)
-    return sum(rank * (i + o + (method in SVD_METHODS)) for i, o in matrices)  # an SVD adapter adds λ
+    return sum(rank * (i + o + method_spec(method).svd) for i, o in matrices)  # an SVD adapter adds λ
 
 
 def trainable_parameters(shape: ModelShape, method: str, config: AdaQConfig) -> int:
-    return shape.parameter_count() if method == "full" else adapter_parameters(shape, method, config)
+    return shape.parameter_count() if method_spec(method).trains_base else adapter_parameters(shape, method, config)
 
 
 def static_bytes(shape: ModelShape, method: str, config: AdaQConfig, w: int, tokens: int) -> dict[str, int]:
@@ -218,12 +136,12 @@ def static_bytes(shape: ModelShape, method: str, config: AdaQConfig, w: int, tok
     norms_and_biases = layers * (shape.bias_size() + 2 * shape.hidden_size) + shape.hidden_size
     other_weights = shape.embedding_parameters() + norms_and_biases
     decoder_weights = layers * sum(i * o for i, o in decoder)
-    quantized = method in QUANTIZED_METHODS
+    quantized = method_spec(method).quantized
     nf4 = layers * sum(nf4_bytes(i * o, config.double_quant) for i, o in decoder)
-    if method == "adaq_lora" and config.precision_budget_bits is not None:
+    if method_spec(method).precision_plan and config.precision_budget_bits is not None:
         planned = (decoder_weights + shape.embedding_parameters()) * config.precision_budget_bits / 8
         nf4, other_weights = math.ceil(planned), norms_and_biases
-    svd_extras = len(matrices) * rank * 4 + 2 * adapters * 4 if method in SVD_METHODS else 0  # masks, EMAs
+    svd_extras = len(matrices) * rank * 4 + 2 * adapters * 4 if method_spec(method).svd else 0  # masks, EMAs
     return {
         "quantized_weights": nf4 if quantized else 0,
         "full_precision_weights": (other_weights + (0 if quantized else decoder_weights)) * w,
@@ -237,19 +155,19 @@ def dynamic_bytes(shape: ModelShape, method: str, config: AdaQConfig, w: int, c:
                   device: str) -> dict[str, int]:
     """The tensors the step makes, at the largest of the candidate peaks A, B, C of the module docstring."""
     vocab, hidden, decoder = shape.vocab_size, shape.hidden_size, shape.linears().values()
-    if method == "base":
+    if not method_spec(method).trains:
         return {"activations": tokens * vocab * (c + 4 * (c != 4) + 4) + tokens * hidden * c}
-    svd = method in SVD_METHODS
+    svd = method_spec(method).svd
     rank, matrices = adapter_matrices(shape, method, config)
     adapted = adapted_linears(shape, method, config)
     per_token = saved_per_layer_token(shape, method, adapted, rank, config.lora_dropout, c, seq_len)
-    final_norm = hidden * 4 + 4 + (2 * hidden * c if method == "full" else 0)
+    final_norm = hidden * 4 + 4 + (2 * hidden * c if method_spec(method).trains_base else 0)
     svd_products = sum(rank * i * 4 for i, _ in matrices) if svd else 0
     saved = tokens * (shape.num_layers * per_token + final_norm) + svd_products
     peaks = [{"activations": saved + 3 * tokens * vocab * 4}]  # A
-    if method in QUANTIZED_METHODS:  # B
+    if method_spec(method).quantized:  # B
         peaks.append({"activations": saved + max(i * o for i, o in decoder) * c})
-    if method == "full":
+    if method_spec(method).trains_base:
         gradient_bytes, largest = w, max(vocab * hidden, *(i * o for i, o in decoder))
     else:
         gradient_bytes, largest = 4, max(rank * max(i, o) for i, o in matrices)
@@ -270,7 +188,8 @@ def predict_training_memory(model_config, method: str, adaq_config: AdaQConfig |
     ("cpu" or "cuda") decides the optimizer update's temporaries; `attention` overrides the config's attention
     implementation (default sdpa).
     """
-    check_method(method)
+    if method_spec(method).peer:
+        raise ValueError(f"the memory model predicts our methods; {method!r} is PEFT's: measure it instead")
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
     if seq_len <= 0 or batch_size <= 0:
@@ -283,19 +202,6 @@ def predict_training_memory(model_config, method: str, adaq_config: AdaQConfig |
     for category, nbytes in dynamic_bytes(shape, method, config, w, c, seq_len, tokens, device).items():
         by_category[category] += nbytes
     return MemoryBreakdown.from_bytes(by_category)
-
-
-def load_chatglm2_6b_config() -> dict:
-    """ChatGLM2-6B's published configuration (THUDM's config.json), kept in the repository's data/ folder."""
-    if not CHATGLM2_6B_CONFIG.exists():
-        raise FileNotFoundError(f"{CHATGLM2_6B_CONFIG} is missing: it ships with the source checkout, not the wheel")
-    return json.loads(CHATGLM2_6B_CONFIG.read_text())
-
-
-PAPER_ROWS = tuple(  # (row of Tables 1-2, our method, published Memory/MB on Alpaca_Chinese, on School_math)
-    (PAPER_MODEL_LABEL + METHOD_SUFFIXES[method], method, PUBLISHED[1][method][-1], PUBLISHED[2][method][-1])
-    for method in PUBLISHED[1]
-)
 
 
 @dataclass
@@ -317,12 +223,14 @@ def paper_memory_comparison(seq_len: int = 512, batch_size: int = 1,
     an assumption and a parameter. The "GLM2" row is the untrained model, so `base` is predicted as the weights
     and one forward pass with the loss, without gradients or optimizer state.
     """
-    from .profiles import load_profile  # the paper profile's settings: its precision budget for ChatGLM2-6B
+    from ..profiles import load_profile  # the paper profile's settings: its precision budget for ChatGLM2-6B
 
-    adaq_config = adaq_config or AdaQConfig(precision_budget_bits=load_profile("paper").precision_budget_bits)
+    adaq_config = adaq_config or AdaQConfig(precision_budget_bits=load_profile("paper").adapter.precision_budget_bits)
     model_config = load_chatglm2_6b_config()
     return [PaperMemoryRow(row, method,
                            predict_training_memory(model_config, method, adaq_config, seq_len, batch_size,
                                                    weight_dtype=torch.bfloat16, device="cuda"),
                            alpaca, school_math)
-            for row, method, alpaca, school_math in PAPER_ROWS]
+            for method in PAPER_ROWS[1]
+            for row, alpaca, school_math in [(PAPER_MODEL_LABEL + method_spec(method).label,
+                                              published_memory_mb(1, method), published_memory_mb(2, method))]]

@@ -1,6 +1,6 @@
 """ROUGE-1/2/L and BLEU-4 as the paper reports them, with bootstrap intervals.
 
-Paper Section 3, Tables 1 and 2 (Rouge-1, Rouge-2, Rouge-L, BLEU, Avg). Book chapter "Evaluation".
+Paper Section 3, Tables 1 and 2 (Rouge-1, Rouge-2, Rouge-L, BLEU, Avg). Book chapters 7 and 8.
 
 The paper's numbers follow the convention of the ChatGLM and LLaMA-Factory evaluation scripts:
 Chinese text is segmented into words with jieba; ROUGE F-scores come from ``rouge_chinese`` on the
@@ -11,6 +11,7 @@ text (``lang="en"``) is split into words and punctuation marks, for ROUGE and BL
 A test set of a few hundred examples leaves these means uncertain, so the module also gives
 percentile-bootstrap intervals and a paired bootstrap for comparing two methods on the same examples.
 """
+from __future__ import annotations
 
 import logging
 import re
@@ -37,17 +38,17 @@ class PairedComparison:
 
     metric: str  # which score was compared
     mean_difference: float  # mean over examples of A minus B
-    interval: tuple  # (low, high) percentile-bootstrap interval of the mean difference
+    interval: tuple[float, float]  # (low, high) percentile-bootstrap interval of the mean difference
     a_better_fraction: float  # share of resamples in which A's mean is strictly above B's
 
 
-def score(predictions, references, lang="zh"):
+def score(predictions: list[str], references: list[str], lang: str = "zh") -> dict[str, float]:
     """Mean ROUGE-1, ROUGE-2, ROUGE-L and BLEU-4 (fractions in [0, 1]) and their average ``avg``."""
     per_example = per_example_scores(predictions, references, lang=lang)
     return {name: float(np.mean(values)) for name, values in per_example.items()}
 
 
-def per_example_scores(predictions, references, lang="zh"):
+def per_example_scores(predictions: list[str], references: list[str], lang: str = "zh") -> dict[str, list[float]]:
     """Each metric's value on each (prediction, reference) pair: the values ``score`` averages."""
     predictions, references = list(predictions), list(references)
     if len(predictions) != len(references):
@@ -61,7 +62,8 @@ def per_example_scores(predictions, references, lang="zh"):
     return {name: [row[name] for row in rows] for name in METRIC_NAMES}
 
 
-def bootstrap_intervals(per_example, n_resamples=1000, seed=0, confidence=0.95):
+def bootstrap_intervals(per_example: dict[str, list[float]], n_resamples: int = 1000, seed: int = 0,
+                        confidence: float = 0.95) -> dict[str, tuple[float, float]]:
     """Percentile-bootstrap interval of each metric's mean: ``{metric: (low, high)}``.
 
     Every metric is resampled with the same example indices, so the intervals describe one resampled
@@ -74,7 +76,8 @@ def bootstrap_intervals(per_example, n_resamples=1000, seed=0, confidence=0.95):
     return {name: (float(low), float(high)) for name, low, high in zip(per_example, lows, highs)}
 
 
-def paired_bootstrap(per_example_a, per_example_b, metric="avg", n_resamples=1000, seed=0, confidence=0.95):
+def paired_bootstrap(per_example_a: dict[str, list[float]], per_example_b: dict[str, list[float]], metric: str = "avg",
+                     n_resamples: int = 1000, seed: int = 0, confidence: float = 0.95) -> PairedComparison:
     """Does method A beat method B on the same test set? Resamples examples, keeping each A/B pair together."""
     if metric not in per_example_a or metric not in per_example_b:
         raise ValueError(f"metric {metric!r} is missing from the per-example scores; "
@@ -93,7 +96,7 @@ def paired_bootstrap(per_example_a, per_example_b, metric="avg", n_resamples=100
                             interval=(float(low), float(high)), a_better_fraction=float((resampled > 0).mean()))
 
 
-def _pair_scores(prediction, reference, lang):
+def _pair_scores(prediction: str, reference: str, lang: str) -> dict[str, float]:
     if lang == "zh":
         # Raw jieba output, whitespace runs included, as the reference scripts pass it: rouge_chinese
         # then treats a line break as a sentence boundary exactly as it did for the paper's numbers.
@@ -114,7 +117,7 @@ def _pair_scores(prediction, reference, lang):
     return scores
 
 
-def _as_matrix(per_example):
+def _as_matrix(per_example: dict[str, list[float]]) -> np.ndarray:
     if not per_example:
         raise ValueError("no metrics given: pass the dict that per_example_scores returns")
     lengths = {name: len(values) for name, values in per_example.items()}
@@ -125,13 +128,13 @@ def _as_matrix(per_example):
     return np.asarray([per_example[name] for name in per_example], dtype=float)
 
 
-def _resample_indices(n_examples, n_resamples, seed):
+def _resample_indices(n_examples: int, n_resamples: int, seed: int) -> np.ndarray:
     if not isinstance(n_resamples, int) or n_resamples < 1:
         raise ValueError(f"n_resamples must be a positive integer, got {n_resamples!r}")
     return np.random.default_rng(seed).integers(0, n_examples, size=(n_resamples, n_examples))
 
 
-def _tail_percent(confidence):
+def _tail_percent(confidence: float) -> float:
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence}")
     return 50 * (1 - confidence)

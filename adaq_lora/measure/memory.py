@@ -30,6 +30,7 @@ it holds beyond the sum above (allocator rounding, library workspaces, tensors o
 """
 from __future__ import annotations
 
+import copy
 import gc
 import os
 from dataclasses import asdict, dataclass
@@ -38,24 +39,22 @@ from itertools import groupby
 import torch
 from torch import nn
 from torch._C._profiler import _EventType
-from torch.profiler import ProfilerActivity, profile, record_function
+from torch.profiler import ProfilerActivity, profile
 from torch.profiler._memory_profiler import OpTree, extract_gradients
 
-from .lora import AdapterLayer
-from .quantize import quant_state_tensors
-from .rank_allocator import RankAllocator
-from .svd_adapter import orthogonal_regularizer
-from .train import make_optimizer
+from ..adapters.lora import AdapterLayer
+from ..adapters.rank_allocator import RankAllocator
+from ..quant.quantize import quant_state_tensors
+from ..training.step import ALLOCATOR_REGION, OPTIMIZER_REGION, make_optimizer, training_step
+from ..tuners.tuner import Tuner
 
 MB = 2**20  # the paper's MB: mebibytes, as nvidia-smi and torch.cuda report memory
 CATEGORIES = ("quantized_weights", "full_precision_weights", "adapters", "gradients", "optimizer_state",
               "activations", "other")
-OPTIMIZER_REGION = "adaq_lora.optimizer_update"  # clipping and the optimizer's step
-IMPORTANCE_REGION = "adaq_lora.importance_update"  # the rank allocator's EMAs of Sec. 2.3
 # Kineto writes a line at its top level (USDT, 5) to stderr at every profiler start and stop: two per measured step in
 # a notebook's output. Level 6 silences it, errors included; a level the user has set is kept.
 os.environ.setdefault("KINETO_LOG_LEVEL", "6")
-REGIONS = {OPTIMIZER_REGION: "optimizer_state", IMPORTANCE_REGION: "other"}  # what a region's new tensors count as
+REGIONS = {OPTIMIZER_REGION: "optimizer_state", ALLOCATOR_REGION: "other"}  # what a region's new tensors count as
 
 
 @dataclass
@@ -128,54 +127,49 @@ def static_tensors(model: nn.Module, optimizer=None, allocator: RankAllocator | 
     return found
 
 
-def training_step(model: nn.Module, batch: dict, optimizer, orth_reg_weight: float, max_grad_norm: float,
-                  allocator: RankAllocator | None) -> None:
-    """One step of the training loop; named regions tell the profiler which tensors the update makes."""
-    # The regularizer first, as train.py does it: autograd then runs its backward last, after the logits' gradients
-    # are gone, instead of first, with every adapter's gradient alive beside them.
-    regularizer = orth_reg_weight * orthogonal_regularizer(model) if orth_reg_weight else 0.0
-    loss = model(**batch, use_cache=False).loss + regularizer
+def _measured_step(tuner: Tuner, batch: dict, optimizer, max_grad_norm: float) -> None:
+    """The training loop's step (`training.step`); `base`, with nothing to train, runs its forward pass and loss."""
     if optimizer is None:
+        tuner.model(**batch, use_cache=False).loss
         return
-    loss.backward()
-    with record_function(OPTIMIZER_REGION):
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-        optimizer.step()
-    if allocator is not None:
-        with record_function(IMPORTANCE_REGION):
-            allocator.update_importance()
-    optimizer.zero_grad(set_to_none=True)
+    training_step(tuner, [batch], optimizer, max_grad_norm, compact=False)
 
 
-def measure_training_memory(model: nn.Module, batch: dict, optimizer=None, *, orth_reg_weight: float = 0.0,
-                            max_grad_norm: float = 0.1, allocator: RankAllocator | None = None) -> MemoryBreakdown:
-    """The peak memory of one training step of `model` on `batch` (input_ids and labels), by category.
+def measure_training_memory(tuner: Tuner, batch: dict, optimizer=None, *, max_grad_norm: float = 0.1) -> MemoryBreakdown:
+    """The peak memory of one training step of `tuner` on `batch` (input_ids and labels), by category.
 
     `optimizer`: None for bitsandbytes' paged AdamW (the paper's) at learning rate 0 on the trainable parameters;
-    with an optimizer of your own the model takes two real steps (the warm-up and the measured one).
-    `allocator`: the rank allocator of an SVD method; its importance update runs in both steps (the first creates
-    its EMAs, which count in "other").
+    with an optimizer of your own the model takes two real steps (the warm-up and the measured one). The method's
+    after-step hook runs in both (an SVD method's first creates its importance EMAs, which count in "other"), without
+    rank compaction; the tuner's own state (the allocator's step and EMAs, the masks) is put back afterwards.
     """
     if "input_ids" not in batch or "labels" not in batch:
         raise ValueError(f"the batch needs input_ids and labels, got keys {sorted(batch)}; see token_batch()")
+    model = tuner.model
     device = next(model.parameters()).device
     batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
     trainable = [p for p in model.parameters() if p.requires_grad]
     if optimizer is None and trainable:
         optimizer = make_optimizer(trainable, "paged_adamw", learning_rate=0.0)
+    tuner_state = copy.deepcopy(tuner.state_dict())
+    masks = {name: mask.clone() for name, mask in model.named_buffers() if name.endswith("triplet_mask")}
     model.train()
     model.zero_grad(set_to_none=True)
-    training_step(model, batch, optimizer, orth_reg_weight, max_grad_norm, allocator)  # warm-up: state exists
+    _measured_step(tuner, batch, optimizer, max_grad_norm)  # warm-up: the optimizer's and the allocator's state exist
     gc.collect()
-    static = static_tensors(model, optimizer, allocator, batch)
+    static = static_tensors(model, optimizer, tuner.allocator, batch)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     # No Python stack: with it the profiler nests ops under Python calls, which hides the named regions.
     with profile(activities=activities, profile_memory=True, record_shapes=True, with_stack=False) as prof:
-        training_step(model, batch, optimizer, orth_reg_weight, max_grad_norm, allocator)
+        _measured_step(tuner, batch, optimizer, max_grad_norm)
+    tuner.load_state_dict(tuner_state)
+    with torch.no_grad():
+        for name, mask in model.named_buffers():
+            if name in masks:
+                mask.copy_(masks[name])
     dynamic_total, dynamic = timeline_peak(OpTree(prof.profiler.kineto_results), device, static)
     by_category = dict.fromkeys(CATEGORIES, 0)
     for category, nbytes in [*static.values(), *dynamic.items()]:

@@ -1,0 +1,87 @@
+"""One optimizer step, the package's only one (Secs. 2.3 and 3; book chapters 3, 6 and 7).
+
+For each micro-batch: the loss L = C + γ Σ_k R(P_k, Q_k) (Eq. 6's term built before the forward pass, so that
+autograd runs its backward last and the adapters' gradients do not sit beside the logits' at the step's memory
+peak) and its backward; then clipping to the paper's maximum gradient norm, the optimizer step, the method's
+after-step hook (the rank allocator of Sec. 2.3: importance, budget, mask, and rank compaction when the final
+phase begins, before `zero_grad`, which it needs the gradients for) and `zero_grad`. `train()`, the memory
+measurement, the benchmark, chapter 3 and the README's example all call `training_step`.
+
+The optimizer update and the allocator run inside named profiler regions, so the memory measurement can tell the
+tensors they make from the activations; outside a profiler a region costs nothing worth measuring.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.profiler import record_function
+
+from ..tuners.tuner import Tuner
+
+OPTIMIZER_REGION = "adaq_lora.optimizer_update"  # clipping and the optimizer's step
+ALLOCATOR_REGION = "adaq_lora.importance_update"  # the method's after-step hook: the rank allocator of Sec. 2.3
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The loss of a micro-batch is NaN or infinite; raised before its backward pass."""
+
+    def __init__(self, value: float, method: str):
+        super().__init__(f"non-finite loss {value} ({method})")
+        self.value, self.method = value, method
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    loss: float  # L, the mean over the step's micro-batches (regularizer included)
+    cross_entropy: float  # C alone, comparable across methods
+    budget: int | None  # the rank budget in force after the step; None for methods without one
+    tokens: int  # non-padding tokens the step saw
+
+
+def make_optimizer(params, name: str, learning_rate: float) -> torch.optim.Optimizer:
+    """bitsandbytes' paged AdamW ("paged_adamw", the paper's) or torch's AdamW ("adamw"), without weight decay."""
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
+    from ..quant.kernels import import_bitsandbytes
+
+    return import_bitsandbytes().optim.PagedAdamW(params, lr=learning_rate, weight_decay=0.0)
+
+
+def optimized_parameters(optimizer: torch.optim.Optimizer) -> list[torch.nn.Parameter]:
+    """The parameters `optimizer` updates now (rank compaction replaces them: never keep a list of your own)."""
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+def training_loss(tuner: Tuner, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """L = C + γ Σ_k R(P_k, Q_k) on one micro-batch (Sec. 2.3), and C alone."""
+    regularizer = tuner.regularizer()
+    cross_entropy = tuner.model(**batch, use_cache=False).loss
+    return (cross_entropy if regularizer is None else cross_entropy + regularizer), cross_entropy
+
+
+def training_step(tuner: Tuner, batches: list[dict], optimizer: torch.optim.Optimizer,
+                  max_grad_norm: float = 0.1, *, compact: bool = True) -> StepOutcome:
+    """One optimizer step over `batches` (its micro-batches, gradients accumulated); see the module docstring.
+
+    A non-finite loss raises `NonFiniteLoss` (a FloatingPointError) before its backward pass: the weights stay.
+    `compact=False` leaves the adapters their shapes whatever the schedule says: the memory measurement, which must
+    leave the tuner as it found it, takes its steps so.
+    """
+    loss_sum = cross_entropy_sum = 0.0
+    tokens = 0
+    for batch in batches:
+        loss, cross_entropy = training_loss(tuner, batch)
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(loss.item(), tuner.method)
+        (loss / len(batches)).backward()
+        loss_sum += loss.item()
+        cross_entropy_sum += cross_entropy.item()
+        tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+    with record_function(OPTIMIZER_REGION):
+        torch.nn.utils.clip_grad_norm_(optimized_parameters(optimizer), max_grad_norm)
+        optimizer.step()
+    with record_function(ALLOCATOR_REGION):
+        budget = tuner.after_optimizer_step(optimizer if compact else None)
+    optimizer.zero_grad(set_to_none=True)
+    return StepOutcome(loss_sum / len(batches), cross_entropy_sum / len(batches), budget, tokens)

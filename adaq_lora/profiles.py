@@ -152,7 +152,7 @@ def _require_keys(data: dict, expected: list[str], where: str) -> None:
 def _checked(owner: type, name: str, value, prefix: str = ""):
     """`value` as field `name` of `owner` takes it (a JSON list as a tuple, an integer as a float), or a ValueError."""
     hint = typing.get_type_hints(owner)[name]
-    if typing.get_origin(hint) is tuple or tuple[str, ...] in _options(hint):
+    if tuple[str, ...] in _options(hint):
         value = tuple(value) if isinstance(value, list) else value
     if float in _options(hint) and _is_int(value):
         value = float(value)

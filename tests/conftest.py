@@ -1,5 +1,7 @@
 """Shared fixtures: tiny random models that run in milliseconds, and offline hub access."""
+import importlib.util
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -14,6 +16,17 @@ import_bitsandbytes()
 
 TINY_LLAMA = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, vocab_size=128, max_position_embeddings=64)
+
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def load_script(name: str):
+    """The module in scripts/<name>.py (the scripts are not a package), freshly executed."""
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def make_tiny_llama(seed: int = 0, vocab_size: int = TINY_LLAMA["vocab_size"]) -> LlamaForCausalLM:

@@ -3,12 +3,11 @@ stylesheets, and tracebacks; a clean page passes."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import load_script
 
 PAGE = """<!DOCTYPE html>
 <html><head>
@@ -45,10 +44,7 @@ ERROR_OUTPUT = (
 
 @pytest.fixture(scope="module")
 def check_site():
-    spec = importlib.util.spec_from_file_location("check_site", ROOT / "scripts" / "check_site.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("check_site")
 
 
 def write_site(folder: Path, bad_head: str = "", bad_body: str = "") -> Path:

@@ -3,21 +3,17 @@ papermill's injected-parameters cell folded away."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import nbformat
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def execute_book():
-    spec = importlib.util.spec_from_file_location("execute_book", ROOT / "scripts" / "execute_book.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("execute_book")
 
 
 def stream(name: str, text: str):

@@ -3,7 +3,6 @@ and the runner that executes the book."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shutil
 import subprocess
@@ -16,6 +15,8 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,13 +34,6 @@ def pinned(requirements) -> dict[str, str]:
         assert name not in out, f"{req.name} is listed twice"
         out[name] = str(req.specifier)
     return out
-
-
-def load_execute_book():
-    spec = importlib.util.spec_from_file_location("execute_book", ROOT / "scripts" / "execute_book.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def make_dry_run(venv: Path) -> list[str]:
@@ -103,7 +97,7 @@ def test_makefile_installs_pinned_torch_before_the_package():
 
 
 def test_toc_lists_only_files_that_exist():
-    execute_book = load_execute_book()
+    execute_book = load_script("execute_book")
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf-8"))
     assert toc["format"] == "jb-book"
     entries = execute_book.toc_entries(toc)
@@ -114,7 +108,7 @@ def test_toc_lists_only_files_that_exist():
 
 
 def test_every_book_notebook_is_in_the_toc():
-    execute_book = load_execute_book()
+    execute_book = load_script("execute_book")
     in_toc = set(execute_book.book_pages(ROOT))
     missing = [str(nb.relative_to(ROOT)) for nb in book_notebooks() if nb not in in_toc]
     assert not missing, f"notebooks under book/ that _toc.yml does not list (the book would skip them): {missing}"
@@ -157,7 +151,7 @@ def write_book(root: Path, cells) -> None:
 
 
 def test_runner_reads_parts_and_sections_in_order(tmp_path: Path):
-    execute_book = load_execute_book()
+    execute_book = load_script("execute_book")
     write_book(tmp_path, [])
     pages = [p.relative_to(tmp_path).as_posix() for p in execute_book.book_pages(tmp_path)]
     assert pages == ["book/index.md", "book/01_chapter.ipynb", "book/02_section.md"]
@@ -165,7 +159,7 @@ def test_runner_reads_parts_and_sections_in_order(tmp_path: Path):
 
 def test_runner_executes_with_the_profile_on_this_python_and_assembles_the_site(tmp_path: Path, capsys, monkeypatch):
     monkeypatch.delenv("JUPYTER_PATH", raising=False)  # the runner sets it; restored after the test
-    execute_book = load_execute_book()
+    execute_book = load_script("execute_book")
     cells = [
         nbformat.v4.new_code_cell('profile = "cpu"', metadata={"tags": ["parameters"]}),
         nbformat.v4.new_code_cell("import os, sys\nprint(profile, sys.executable, os.getcwd())"),
@@ -186,7 +180,7 @@ def test_runner_executes_with_the_profile_on_this_python_and_assembles_the_site(
 
 def test_runner_names_the_chapter_and_cell_that_failed(tmp_path: Path, capsys, monkeypatch):
     monkeypatch.delenv("JUPYTER_PATH", raising=False)
-    execute_book = load_execute_book()
+    execute_book = load_script("execute_book")
     cells = [
         nbformat.v4.new_code_cell('profile = "cpu"', metadata={"tags": ["parameters"]}),
         nbformat.v4.new_code_cell("x = 1"),
@@ -203,7 +197,7 @@ def test_runner_names_the_chapter_and_cell_that_failed(tmp_path: Path, capsys, m
 
 
 def test_runner_rejects_an_unknown_chapter(tmp_path: Path, capsys):
-    execute_book = load_execute_book()
+    execute_book = load_script("execute_book")
     write_book(tmp_path, [nbformat.v4.new_code_cell('profile = "ci"', metadata={"tags": ["parameters"]})])
 
     assert execute_book.main(["--root", str(tmp_path), "--only", "99_nothing"]) == 1

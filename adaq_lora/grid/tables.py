@@ -130,8 +130,12 @@ def write_csv(tables: list[dict], path: str | Path) -> Path:
 
 
 def _row_order(result: dict) -> tuple:
-    """Ours grouped by model, profile and seed, the methods in the paper's order, then the others."""
-    methods = [*PAPER_ROWS[1], *(name for name in method_names() if name not in PAPER_ROWS[1])]
+    """Ours grouped by model, profile and seed; the paper's rows in its order, then our other adapter methods, full
+    fine-tuning and the PEFT peers, then anything unknown."""
+    paper = list(PAPER_ROWS[1])
+    others = sorted((name for name in method_names() if name not in paper),
+                    key=lambda name: (method_spec(name).peer, method_spec(name).trains_base))  # stable: registry order
+    methods = paper + others
     rank = methods.index(result["method"]) if result["method"] in methods else len(methods)
     return result["model"], result["profile"], result["seed"], rank
 

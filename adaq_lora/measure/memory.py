@@ -1,8 +1,8 @@
 """The peak memory of one training step, measured (the Memory/MB column of the paper's Tables 1-2; book chapter 8).
 
-A step is what the training loop does (Sec. 3): forward on a batch with labels, the loss (+ γ Σ_k R(P_k, Q_k) of
-Eq. 6 for the SVD methods), backward, gradient clipping to norm 0.1, one paged-AdamW step, the rank allocator's
-importance update when one is given, and `zero_grad(set_to_none=True)`. Paged AdamW creates its state at its
+A step is the training loop's own (`training.step.training_step`, Sec. 3): forward on a batch with labels, the loss
+(+ γ Σ_k R(P_k, Q_k) of Eq. 6 for the SVD methods), backward, gradient clipping to norm 0.1, one paged-AdamW step,
+the method's after-step hook (the rank allocator, without compaction) and `zero_grad(set_to_none=True)`. Paged AdamW creates its state at its
 first step, and a real run's peak includes that state, so one warm-up step runs first and the second is measured.
 An optimizer we create ourselves has learning rate 0: measuring leaves the weights as they were (memory does not
 depend on the learning rate). The `base` method trains nothing: its step is the forward pass and the loss.

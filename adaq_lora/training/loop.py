@@ -109,7 +109,6 @@ def train(tuner: Tuner, tokenizer, train_records: list[dict], config: TrainConfi
     del params  # rank compaction replaces parameters; the optimizer's groups always list the current ones
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.config.use_cache = False
     torch.manual_seed(config.seed)
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     start, result = 0, TrainResult()

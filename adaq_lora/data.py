@@ -23,7 +23,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import datasets
 import torch
 
 RECORD_FIELDS = ("instruction", "input", "output")
@@ -111,7 +110,10 @@ def build_prompt(record: dict, tokenizer) -> str:
 def encode_prompt(record: dict, tokenizer) -> list[int]:
     """Token ids of ``build_prompt``; a chat template writes its own special tokens, plain text gets the
     tokenizer's usual ones (a BOS where the tokenizer adds one)."""
-    add_special_tokens = not _has_chat_template(tokenizer)
+    # ChatGLM2's template is plain text that its model reads behind the usual [gMASK] sop prefix; its tokenizer
+    # says so with chat_template_adds_special_tokens = False.
+    add_special_tokens = (not _has_chat_template(tokenizer)
+                          or not getattr(tokenizer, "chat_template_adds_special_tokens", True))
     return tokenizer(build_prompt(record, tokenizer), add_special_tokens=add_special_tokens)["input_ids"]
 
 
@@ -229,6 +231,8 @@ def _json_array_rows(text: str, path: Path) -> list[tuple[str, object]]:
 
 def _load_hub(hub_id: str, field_map: FieldMap) -> list[dict]:
     try:
+        import datasets  # only for hub data sets: the stand-ins and local files need no `datasets`
+
         table = datasets.load_dataset(hub_id, split="train")
     except OSError as err:
         raise ValueError(

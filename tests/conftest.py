@@ -56,3 +56,11 @@ def token_batch():
     generator = torch.Generator().manual_seed(1)
     input_ids = torch.randint(0, TINY_LLAMA["vocab_size"], (2, 12), generator=generator)
     return {"input_ids": input_ids, "labels": input_ids.clone()}
+
+
+@pytest.fixture(scope="session")
+def chatglm2_snapshot(tmp_path_factory):
+    """A tiny random ChatGLM2 checkpoint in the hub's layout (tests/chatglm2_snapshot.py); tests must not change it."""
+    from chatglm2_snapshot import write_chatglm2_snapshot
+
+    return write_chatglm2_snapshot(tmp_path_factory.mktemp("chatglm2") / "chatglm2-tiny")

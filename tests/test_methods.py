@@ -49,8 +49,8 @@ def test_unknown_target_module_lists_the_model_linear_layers(tiny_llama):
         apply_method(tiny_llama, "lora", AdaQConfig(target_modules=("query_key_value",)))
 
 
-def test_chatglm_default_targets_are_the_papers_four_matrices():
-    assert DEFAULT_TARGET_MODULES["chatglm"] == ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h")
+def test_chatglm2_as_glm_adapts_the_papers_four_matrices_with_query_key_value_split():
+    assert DEFAULT_TARGET_MODULES["glm"] == ("q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj")
 
 
 def test_model_family_without_defaults_is_told_to_name_targets():

@@ -39,14 +39,14 @@ def test_every_decoder_linear_becomes_linear4bit_and_head_and_embeddings_are_unt
     assert model.is_loaded_in_4bit
 
 
-def test_chatglm_output_layer_is_an_output_head_and_stays_in_full_precision():
+def test_the_output_head_stays_in_full_precision_as_qlora_leaves_it():
     model = nn.Module()
-    model.transformer = nn.Module()
-    model.transformer.dense = nn.Linear(64, 64)
-    model.transformer.output_layer = nn.Linear(64, 128)
+    model.model = nn.Module()
+    model.model.o_proj = nn.Linear(64, 64)
+    model.lm_head = nn.Linear(64, 128)
     quantize_model(model)
-    assert isinstance(model.transformer.dense, bnb.nn.Linear4bit)
-    assert type(model.transformer.output_layer) is nn.Linear
+    assert isinstance(model.model.o_proj, bnb.nn.Linear4bit)
+    assert type(model.lm_head) is nn.Linear
 
 
 def test_quantized_weight_is_packed_uint8_of_half_the_elements_with_nf4_double_quant_state(tiny_llama):

@@ -17,8 +17,8 @@ from torch import nn
 from .kernels import import_bitsandbytes
 from .nf4 import BLOCKSIZE, dequantize_blockwise, int4_levels, nf4_levels, quantize_blockwise
 
-# The output heads of the supported families: Llama-style models call it `lm_head`, ChatGLM `output_layer`.
-OUTPUT_HEADS = ("lm_head", "output_layer")
+# The output head's name in transformers' causal LMs (ChatGLM2's `output_layer` is renamed when it is converted).
+OUTPUT_HEADS = ("lm_head",)
 
 
 def compute_dtype_for(device: torch.device | str) -> torch.dtype:
@@ -89,8 +89,8 @@ def quantize_model(
 ) -> nn.Module:
     """Replace, in place, every `nn.Linear` of `model` with a 4-bit `Linear4bit`; return `model`.
 
-    Layers whose own name is in `skip_modules` stay as they are (the output head by default, `lm_head`
-    or ChatGLM's `output_layer`, as QLoRA leaves it: its errors go straight to the logits), and so does everything
+    Layers whose own name is in `skip_modules` stay as they are (the output head `lm_head` by default, as QLoRA
+    leaves it: its errors go straight to the logits), and so does everything
     inside an adapter layer (any module with a `base_layer`). Embeddings and norms are not
     `nn.Linear` and keep their precision. The model is marked `is_loaded_in_4bit`, as transformers'
     own 4-bit loader marks it, so that PEFT builds its 4-bit adapter layers around these ones.

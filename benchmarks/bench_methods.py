@@ -35,7 +35,7 @@ from adaq_lora.atomic import write_json_atomic
 from adaq_lora.data import build_example, collate_examples, load_records, pad_token_id
 from adaq_lora.grid.experiment import package_versions
 from adaq_lora.measure.memory import measure_training_memory
-from adaq_lora.training import make_optimizer, training_step
+from adaq_lora.training import make_optimizer, set_gradient_checkpointing, training_step
 from adaq_lora.tuners import Tuner, prepare
 
 PAIRS = (("adaq_lora", "peft-adalora"), ("qlora", "peft-qlora"), ("lora", "peft-lora"))
@@ -74,8 +74,7 @@ def contestant(method: str, base_model: torch.nn.Module, gradient_checkpointing:
     torch.manual_seed(0)
     config = AdaQConfig(total_steps=BUDGET_STEPS, t_init=0, t_final=0)
     tuner = prepare(model, method, config, calibration=calibration)  # only adaq_lora's precision plan reads it
-    if gradient_checkpointing:
-        tuner.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    set_gradient_checkpointing(tuner.model, gradient_checkpointing)
     tuner.model.config.use_cache = False
     tuner.model.train()
     params = [p for p in tuner.model.parameters() if p.requires_grad]
@@ -106,10 +105,7 @@ def measure(steps: int, warmup: int, gradient_checkpointing: bool) -> dict:
         figures[player.method] = {"median_step_seconds": statistics.median(player.step_seconds),
                                   "step_seconds": player.step_seconds}
         for checkpointing in (False, True):
-            if checkpointing:
-                player.tuner.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            else:
-                player.tuner.model.gradient_checkpointing_disable()
+            set_gradient_checkpointing(player.tuner.model, checkpointing)
             breakdown = measure_training_memory(player.tuner, batches[0], max_grad_norm=MAX_GRAD_NORM)
             suffix = "_checkpointing" if checkpointing else ""
             figures[player.method][f"peak_memory_mb{suffix}"] = breakdown.total_mb

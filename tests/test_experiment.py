@@ -115,7 +115,7 @@ def test_a_complete_result_is_returned_without_running_again_unless_forced(datas
     first = run_experiment("base", dataset, "ci", out_dir=tmp_path, overrides=overrides, progress=False)
     loads = []
     real_load = experiment._load_model
-    monkeypatch.setattr(experiment, "_load_model", lambda exp: loads.append(exp.method) or real_load(exp))
+    monkeypatch.setattr(experiment, "_load_model", lambda exp, progress: loads.append(exp.method) or real_load(exp, progress))
     assert run_experiment("base", dataset, "ci", out_dir=tmp_path, overrides=overrides, progress=False) == first
     assert loads == []
     forced = run_experiment("base", dataset, "ci", out_dir=tmp_path, overrides=overrides, progress=False, force=True)

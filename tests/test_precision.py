@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from adaq_lora import AdaQConfig, apply_method, prepare
+from adaq_lora import AdaQConfig, prepare
 from adaq_lora.quant.blockwise import BlockwiseEmbedding, BlockwiseLinear, BlockwiseMatrix
 from adaq_lora.quant.quantize import dequantized_weight
 from adaq_lora.quant.precision import (PRECISIONS, PrecisionPlan, apply_precision_plan, frozen_matrices,

@@ -1,13 +1,17 @@
-"""Claims about the training loop: every method trains through it, a resumed run equals a straight one,
-a non-finite loss stops the run with its step named, and the same seed gives the same result."""
+"""Claims about the training loop: every method trains through it, a resumed run equals a straight one (CUDA's
+generators kept too), a non-finite loss stops the run with its step named, the same seed gives the same result,
+gradient checkpointing still reaches every adapter, and the model leaves training as it came."""
+from functools import partial
+
 import pytest
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from adaq_lora import AdaQConfig
 from adaq_lora.scoring.evaluate import generate_answers
 from adaq_lora.config import TrainConfig
-from adaq_lora.training import train
-from adaq_lora.training.loop import micro_batch_order
+from adaq_lora.training import set_gradient_checkpointing, train
+from adaq_lora.training.loop import TrainResult, load_checkpoint, micro_batch_order, save_checkpoint
 from adaq_lora.tuners import method_names, prepare
 from conftest import make_tiny_llama
 
@@ -122,3 +126,71 @@ def test_batched_greedy_answers_equal_one_by_one_answers(smol_tokenizer):
     single = [generate_answers(model, smol_tokenizer, [r], max_new_tokens=5, batch_size=1, progress=False)[0]
               for r in RECORDS[:3]]
     assert batched == single and all(isinstance(a, str) for a in batched)
+
+
+def adapter_gradients_after_one_backward(tuner) -> dict[str, bool]:
+    """For every trainable tensor: did one backward of the loss give it a non-zero gradient?"""
+    with torch.no_grad():  # off the start, where B = 0 (or λ = 0) makes the other factor's gradient zero
+        for p in tuner.model.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.1)
+    tuner.model.train()
+    input_ids = torch.arange(1, 13).unsqueeze(0)
+    tuner.model(input_ids=input_ids, labels=input_ids, use_cache=False).loss.backward()
+    return {name: p.grad is not None and bool(p.grad.abs().sum() > 0)
+            for name, p in tuner.model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora", "adaq_lora", "peft-qlora"])
+def test_with_gradient_checkpointing_every_adapter_still_gets_a_gradient(method):
+    torch.manual_seed(0)
+    tuner = prepare(make_tiny_llama(), method, AdaQConfig(r=4, init_r=4, target_r=2, init_std=0.1))
+    set_gradient_checkpointing(tuner.model, True)
+    got = adapter_gradients_after_one_backward(tuner)
+    assert len(got) >= 2 * 7 * 2 and all(got.values()), [name for name, ok in got.items() if not ok]
+
+
+def test_reentrant_checkpointing_without_input_grads_would_starve_the_adapters():
+    """The failure set_gradient_checkpointing avoids: the frozen embedding's output needs no grad, so a reentrant
+    checkpoint never runs the backward of the layers inside it."""
+    torch.manual_seed(0)
+    tuner = prepare(make_tiny_llama(), "lora", AdaQConfig(r=4))
+    tuner.model._set_gradient_checkpointing(enable=True, gradient_checkpointing_func=partial(checkpoint, use_reentrant=True))
+    with pytest.raises(RuntimeError, match="does not require grad"):  # nothing trainable is left on the graph
+        adapter_gradients_after_one_backward(tuner)
+
+
+def test_training_leaves_the_model_as_it_came(smol_tokenizer):
+    torch.manual_seed(0)
+    tuner = prepare(make_tiny_llama(vocab_size=len(smol_tokenizer)), "lora", AdaQConfig(r=4))
+    assert tuner.model.config.use_cache is True and not tuner.model.training
+    train(tuner, smol_tokenizer, RECORDS, TrainConfig(max_steps=1, max_length=48, gradient_checkpointing=True,
+                                                      progress=False))
+    assert tuner.model.config.use_cache is True  # generation after training keeps its key/value cache
+    assert not tuner.model.is_gradient_checkpointing and not tuner.model.training
+
+
+class FakeCudaGenerators:
+    """torch.cuda's generator functions on a machine with two GPUs, recorded."""
+
+    def __init__(self):
+        self.states, self.restored = [torch.tensor([1, 2], dtype=torch.uint8), torch.tensor([3], dtype=torch.uint8)], None
+
+    def install(self, monkeypatch):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [s.clone() for s in self.states])
+        monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: setattr(self, "restored", states))
+
+
+def test_a_checkpoint_keeps_every_cuda_generator_so_dropout_resumes_where_it_was(smol_tokenizer, tmp_path, monkeypatch):
+    tuner, _ = run("lora", smol_tokenizer, steps=1, max_steps=3)
+    optimizer = torch.optim.SGD([p for p in tuner.model.parameters() if p.requires_grad], lr=0.1)
+    gpus = FakeCudaGenerators()
+    gpus.install(monkeypatch)
+    save_checkpoint(tmp_path, tuner, optimizer, 1, TrainResult())
+    gpus.states = [torch.tensor([9, 9], dtype=torch.uint8)]  # the generators move on after the checkpoint
+    assert load_checkpoint(tmp_path, tuner, optimizer)[0] == 1
+    assert [s.tolist() for s in gpus.restored] == [[1, 2], [3]]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="written on a CUDA GPU"):
+        load_checkpoint(tmp_path, tuner, optimizer)

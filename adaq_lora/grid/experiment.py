@@ -13,14 +13,17 @@ writes into `out_dir`:
 
 A run with `checkpoint_every` set resumes training from its last checkpoint. Memory is the peak of one training step
 on the run's longest batch (`memory.measure_training_memory`), with its breakdown, taken before training where the
-run's peak is. `adaq_lora` plans its base's precision (`quant/precision.py`) from the first training examples. `base` is not trained: its memory
-is that of the forward pass and the loss on the same batch, the paper's base rows' only possible meaning.
+run's peak is. `adaq_lora` plans its base's precision (`quant/precision.py`) from the first training examples, or,
+where the profile loads the base in 4 bits, from the model's files (`quant/file_plan.py`); the plan is written to
+`precision_plan.json` before training. `base` is not trained: its memory is that of the forward pass and the loss
+on the same batch, the paper's base rows' only possible meaning.
 """
 from __future__ import annotations
 
 import json
 import shutil
 import statistics
+import sys
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -35,11 +38,12 @@ from ..data import collate_examples, load_records, pad_token_id, prompt_text, sp
 from ..scoring.evaluate import generate_answers
 from ..tuners.methods import trainable_parameters
 from ..scoring.metrics import METRIC_NAMES, bootstrap_intervals, per_example_scores
-from ..models import DEFAULT_MODEL, load_model
+from ..models import DEFAULT_MODEL, load_model, model_folder
 from ..measure.memory import measure_training_memory
-from ..quant.precision import calibration_batches
+from ..quant.file_plan import modules_kept_in_16_bits, plan_precision_from_files
+from ..quant.precision import PrecisionPlan, calibration_batches
 from ..profiles import Profile, load_profile
-from ..training import steps_for, train
+from ..training import set_gradient_checkpointing, steps_for, train
 from ..tuners import Tuner, method_spec, prepare, save
 
 RESULT_FILE = "result.json"
@@ -130,15 +134,19 @@ def execute(experiment: Experiment, out_dir: str | Path, force: bool = False, pr
     write_json_atomic(out_dir / RUN_FILE, identity)
 
     began = time.perf_counter()
-    model, tokenizer = _load_model(experiment)
+    model, tokenizer, plan = _load_model(experiment, progress)
     torch.manual_seed(experiment.seed)
     examples = tokenize_records(experiment.train_records, tokenizer, experiment.profile.train.max_length)  # once a run
-    calibration = calibration_batches(examples, pad_token_id(tokenizer))
-    tuner = prepare(model, experiment.method, experiment.adaq_config(), calibration=calibration)
+    calibration = calibration_batches(examples, pad_token_id(tokenizer)) if plan is None else None
+    tuner = prepare(model, experiment.method, experiment.adaq_config(), calibration=calibration, precision_plan=plan)
+    if tuner.precision_plan is not None:  # what the plan decided, matrix by matrix, before any step is taken
+        tuner.precision_plan.save(out_dir)
+        if progress:
+            print(f"precision plan: {tuner.precision_plan.summary()}", file=sys.stderr)
     training = None
     train_config = experiment.train_config(progress)
-    if train_config.gradient_checkpointing:  # before the memory measurement, which must see the run as it trains
-        tuner.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    # before the memory measurement, which must see the run as it trains
+    set_gradient_checkpointing(tuner.model, train_config.gradient_checkpointing)
     memory = _measure_memory(experiment, tuner, examples, pad_token_id(tokenizer))
     if method_spec(experiment.method).trains:
         training = train(tuner, tokenizer, experiment.train_records, train_config,
@@ -224,18 +232,30 @@ def _difference(previous: dict, identity: dict) -> str:
     return "; ".join(f"{key}: {old.get(key)!r} there, {new[key]!r} asked" for key in order if old.get(key) != new[key])
 
 
-def _load_model(experiment: Experiment):
-    """The base model: float on the CPU profiles (`prepare` quantizes), 4-bit at load time where the profile says so."""
+def _load_model(experiment: Experiment, progress: bool) -> tuple[torch.nn.Module, object, PrecisionPlan | None]:
+    """The base model, the tokenizer, and the precision plan when it has to be made before loading.
+
+    Float on the CPU profiles (`prepare` quantizes and plans). With `quantize_on_load` the 4-bit methods load in
+    NF4; adaq_lora's plan is then scored from the model's files first (`quant/file_plan.py`), and the matrices it
+    keeps above NF4 are loaded in 16 bits.
+    """
     p = experiment.profile
     dtype = torch.float32 if p.adapter.compute_dtype == "auto" else getattr(torch, p.adapter.compute_dtype)
-    quantization_config = None
-    if p.quantize_on_load and method_spec(experiment.method).quantized:
+    spec = method_spec(experiment.method)
+    quantization_config, plan = None, None
+    if p.quantize_on_load and spec.quantized:
         from transformers import BitsAndBytesConfig
 
+        kept = None
+        if spec.precision_plan and p.adapter.precision_budget_bits is not None:
+            plan = plan_precision_from_files(model_folder(p.model), p.adapter.precision_budget_bits, p.device, progress)
+            kept = modules_kept_in_16_bits(plan)
         quantization_config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                 bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
-    return load_model(p.model, dtype=dtype, device="cuda" if p.device == "cuda" else None,
-                      quantization_config=quantization_config)
+                                                 bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype,
+                                                 llm_int8_skip_modules=kept)
+    model, tokenizer = load_model(p.model, dtype=dtype, device="cuda" if p.device == "cuda" else None,
+                                  quantization_config=quantization_config)
+    return model, tokenizer, plan
 
 
 def _measure_memory(experiment: Experiment, tuner: Tuner, examples: list[dict], pad_id: int) -> dict:

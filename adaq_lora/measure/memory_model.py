@@ -29,22 +29,27 @@ and the last hidden state N·h·c.)
      state: bitsandbytes' CPU update makes three float32 tensors the size of the parameter it updates (four for
      a parameter that is not float32), so the largest parameter sets them; its CUDA kernel is fused and makes none.
 Saved for backward, per layer and token:
-  norms (2)        the input in float32 (h·4) and 1/rms (4); ChatGLM's norm also keeps its input in c when c ≠ 4;
-                   full fine-tuning also the normalized input before the weight (h·c)
+  norms (2)        the input in float32 (h·4) and 1/rms (4); full fine-tuning also the normalized input before
+                   the weight (h·c)
   linear inputs    for each tensor read by linears (attention in, attention out, MLP in, MLP act): full
                    fine-tuning keeps it (width·c); each adapter reading it keeps its dropout output in float32
                    (width·4) and the dropout mask (width·c) — without dropout, x itself (once per tensor, c = 4)
                    or its own float32 copy (c ≠ 4) — and x·Aᵀ (r·4). An SVD adapter also keeps Q·diag(λ),
                    r·in·4 per matrix (not per token).
-  attention        sdpa: q, k, v as the kernel gets them and its output (each width·c), and the log-sum-exp
-                   (n_h·4); Llama passes k, v at n_kv·d, ChatGLM expands them to n_h·d. Eager: q, and k, v
-                   repeated to n_h·d, and the softmax probabilities n_h·T·4 (and n_h·T·c when c ≠ 4).
-  MLP              the gate and up outputs and SiLU(gate): 3·f·c (ChatGLM: its fused 2f output and the SiLU)
+  attention        sdpa: q, k, v as the kernel gets them (k, v at n_kv·d) and its output (each width·c), and the
+                   log-sum-exp (n_h·4). Eager: q, and k, v repeated to n_h·d, and the softmax probabilities n_h·T·4
+                   (and n_h·T·c when c ≠ 4).
+  MLP              the gate and up outputs and SiLU(gate): 3·f·c (GLM: its fused 2f output and the SiLU, the same)
   after the last layer, the final norm (full fine-tuning: also its output, read by the trainable head)
+With gradient checkpointing (the paper profile's setting) a layer keeps only its input, N·h·c, and recomputes the
+rest in its backward, so "saved" above becomes L·N·h·c plus the final norm, and a fourth candidate joins:
+  R. Inside one layer's backward: the saved inputs, that layer's recomputed tensors (N × the per-layer sum above),
+     the gradients flowing through it (two N·h·c: into the layer's output and along its residual), and for a
+     4-bit base its largest matrix de-quantized.
 Left out as small: the rotary tables, r-sized vectors, library workspaces, and the first layer's attention
 input, which needs no gradient when the base is frozen (its norm input and dropout masks are not kept): together
 under 1% of the default model's peak. The constants were derived from the modelling code of transformers' Llama
-and ChatGLM2, then checked tensor by tensor against the measured timeline; tests/test_memory.py compares the two.
+and GLM, then checked tensor by tensor against the measured timeline; tests/test_memory.py compares the two.
 """
 from __future__ import annotations
 
@@ -82,8 +87,7 @@ def adapted_linears(shape: ModelShape, method: str, config: AdaQConfig) -> tuple
     """The leaf names the method puts adapters on (none for base and full)."""
     if method_spec(method).adapter is None:
         return ()
-    layout_default = DEFAULT_TARGET_MODULES[shape.layout]
-    targets = config.target_modules or DEFAULT_TARGET_MODULES.get(shape.model_type, layout_default)
+    targets = config.target_modules or DEFAULT_TARGET_MODULES[shape.layout]  # one layout, one set of names
     unknown = sorted(set(targets) - set(shape.linears()))
     if unknown:
         raise ValueError(f"unknown target module(s) {unknown}; this model's linear layers are "
@@ -96,7 +100,7 @@ def saved_per_layer_token(shape: ModelShape, method: str, adapted, rank: int, dr
     """Bytes saved for backward by one decoder layer per token (see the module docstring)."""
     h, f, heads, q = shape.hidden_size, shape.intermediate_size, shape.num_heads, shape.num_heads * shape.head_dim
     full = method_spec(method).trains_base
-    norm = h * 4 + 4 + (h * c if shape.layout == "chatglm" and c != 4 else 0) + (h * c if full else 0)
+    norm = h * 4 + 4 + (h * c if full else 0)
     linears = shape.linears()
     inputs = 0
     for group in shape.input_groups():
@@ -107,8 +111,7 @@ def saved_per_layer_token(shape: ModelShape, method: str, adapted, rank: int, dr
     if shape.attention == "eager":
         attention = 3 * q * c + heads * seq_len * (4 + c * (c != 4))
     else:
-        kv = q if shape.layout == "chatglm" else shape.num_kv_heads * shape.head_dim
-        attention = (2 * q + 2 * kv) * c + heads * 4
+        attention = (2 * q + 2 * shape.num_kv_heads * shape.head_dim) * c + heads * 4
     return 2 * norm + inputs + attention + 3 * f * c
 
 
@@ -152,8 +155,8 @@ def static_bytes(shape: ModelShape, method: str, config: AdaQConfig, w: int, tok
 
 
 def dynamic_bytes(shape: ModelShape, method: str, config: AdaQConfig, w: int, c: int, seq_len: int, tokens: int,
-                  device: str) -> dict[str, int]:
-    """The tensors the step makes, at the largest of the candidate peaks A, B, C of the module docstring."""
+                  device: str, checkpointing: bool = False) -> dict[str, int]:
+    """The tensors the step makes, at the largest of the candidate peaks A, B, C (and R) of the module docstring."""
     vocab, hidden, decoder = shape.vocab_size, shape.hidden_size, shape.linears().values()
     if not method_spec(method).trains:
         return {"activations": tokens * vocab * (c + 4 * (c != 4) + 4) + tokens * hidden * c}
@@ -163,10 +166,17 @@ def dynamic_bytes(shape: ModelShape, method: str, config: AdaQConfig, w: int, c:
     per_token = saved_per_layer_token(shape, method, adapted, rank, config.lora_dropout, c, seq_len)
     final_norm = hidden * 4 + 4 + (2 * hidden * c if method_spec(method).trains_base else 0)
     svd_products = sum(rank * i * 4 for i, _ in matrices) if svd else 0
-    saved = tokens * (shape.num_layers * per_token + final_norm) + svd_products
-    peaks = [{"activations": saved + 3 * tokens * vocab * 4}]  # A
-    if method_spec(method).quantized:  # B
-        peaks.append({"activations": saved + max(i * o for i, o in decoder) * c})
+    dequantized = max(i * o for i, o in decoder) * c if method_spec(method).quantized else 0
+    if checkpointing:
+        saved = tokens * (shape.num_layers * hidden * c + final_norm)
+        one_layer = tokens * (per_token + 2 * hidden * c) + svd_products // shape.num_layers
+        peaks = [{"activations": saved + 3 * tokens * vocab * 4},  # A
+                 {"activations": saved + one_layer + dequantized}]  # R
+    else:
+        saved = tokens * (shape.num_layers * per_token + final_norm) + svd_products
+        peaks = [{"activations": saved + 3 * tokens * vocab * 4}]  # A
+        if dequantized:  # B
+            peaks.append({"activations": saved + dequantized})
     if method_spec(method).trains_base:
         gradient_bytes, largest = w, max(vocab * hidden, *(i * o for i, o in decoder))
     else:
@@ -180,13 +190,13 @@ def dynamic_bytes(shape: ModelShape, method: str, config: AdaQConfig, w: int, c:
 def predict_training_memory(model_config, method: str, adaq_config: AdaQConfig | None = None, seq_len: int = 128,
                             batch_size: int = 1, *, weight_dtype: torch.dtype | str = torch.float32,
                             compute_dtype: torch.dtype | str | None = None, device: str = "cpu",
-                            attention: str | None = None) -> MemoryBreakdown:
+                            attention: str | None = None, gradient_checkpointing: bool = False) -> MemoryBreakdown:
     """The predicted peak of one training step of `method` on a model of `model_config`, by category.
 
     `model_config`: a transformers config or a dict (FIELDS names what it needs). `weight_dtype` stores the
     weights that are not 4-bit; `compute_dtype` (default: weight_dtype) is the activations' dtype; `device`
     ("cpu" or "cuda") decides the optimizer update's temporaries; `attention` overrides the config's attention
-    implementation (default sdpa).
+    implementation (default sdpa); `gradient_checkpointing` as `TrainConfig.gradient_checkpointing` trains.
     """
     if method_spec(method).peer:
         raise ValueError(f"the memory model predicts our methods; {method!r} is PEFT's: measure it instead")
@@ -199,7 +209,8 @@ def predict_training_memory(model_config, method: str, adaq_config: AdaQConfig |
     w, c = dtype_bytes(weight_dtype), dtype_bytes(compute_dtype or weight_dtype)
     tokens = seq_len * batch_size
     by_category = dict.fromkeys(CATEGORIES, 0) | static_bytes(shape, method, config, w, tokens)
-    for category, nbytes in dynamic_bytes(shape, method, config, w, c, seq_len, tokens, device).items():
+    for category, nbytes in dynamic_bytes(shape, method, config, w, c, seq_len, tokens, device,
+                                          gradient_checkpointing and method_spec(method).trains).items():
         by_category[category] += nbytes
     return MemoryBreakdown.from_bytes(by_category)
 
@@ -209,28 +220,35 @@ class PaperMemoryRow:
     row: str  # the row's label in the paper's Tables 1-2
     method: str  # our method for that row
     predicted: MemoryBreakdown  # our prediction for ChatGLM2-6B on a CUDA GPU in bfloat16
+    setting: str  # what the prediction is for: device, dtypes, tokens, checkpointing
     published_alpaca_chinese_mb: int  # the paper's published Memory/MB in Table 1 (Alpaca_Chinese), not ours
     published_school_math_mb: int  # the paper's published Memory/MB in Table 2 (School_math), not ours
 
 
-def paper_memory_comparison(seq_len: int = 512, batch_size: int = 1,
-                            adaq_config: AdaQConfig | None = None) -> list[PaperMemoryRow]:
+def paper_memory_comparison(seq_len: int = 512, batch_size: int = 1, adaq_config: AdaQConfig | None = None,
+                            gradient_checkpointing: bool | None = None) -> list[PaperMemoryRow]:
     """Our prediction for each row of the paper's tables beside the Memory/MB the paper publishes.
 
     The setting: ChatGLM2-6B (data/chatglm2-6b.json) on a CUDA GPU, weights and activations in bfloat16 (the
     model ships in float16, the same 2 bytes), NF4 with double quantization for qlora and adaq_lora, batch 1
-    (Sec. 3). The paper does not give its sequence length: 512, the tokens per example of our paper profile, is
-    an assumption and a parameter. The "GLM2" row is the untrained model, so `base` is predicted as the weights
-    and one forward pass with the loss, without gradients or optimizer state.
+    (Sec. 3), gradient checkpointing as the paper profile trains (on) unless `gradient_checkpointing` says. The
+    paper gives neither its sequence length nor whether it checkpointed: 512, the tokens per example of our paper
+    profile, is an assumption and a parameter. The "GLM2" row is the untrained model, so `base` is predicted as the
+    weights and one forward pass with the loss, without gradients or optimizer state.
     """
     from ..profiles import load_profile  # the paper profile's settings: its precision budget for ChatGLM2-6B
 
-    adaq_config = adaq_config or AdaQConfig(precision_budget_bits=load_profile("paper").adapter.precision_budget_bits)
+    paper = load_profile("paper")
+    adaq_config = adaq_config or AdaQConfig(precision_budget_bits=paper.adapter.precision_budget_bits)
+    checkpointing = paper.train.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing
+    setting = (f"ChatGLM2-6B on a CUDA GPU, bfloat16, {batch_size}×{seq_len} tokens, gradient checkpointing "
+               f"{'on' if checkpointing else 'off'}")
     model_config = load_chatglm2_6b_config()
     return [PaperMemoryRow(row, method,
                            predict_training_memory(model_config, method, adaq_config, seq_len, batch_size,
-                                                   weight_dtype=torch.bfloat16, device="cuda"),
-                           alpaca, school_math)
+                                                   weight_dtype=torch.bfloat16, device="cuda",
+                                                   gradient_checkpointing=checkpointing),
+                           setting, alpaca, school_math)
             for method in PAPER_ROWS[1]
             for row, alpaca, school_math in [(PAPER_MODEL_LABEL + method_spec(method).label,
                                               published_memory_mb(1, method), published_memory_mb(2, method))]]

@@ -27,6 +27,7 @@ profile uses 4.5.
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -131,25 +132,39 @@ def available_precisions(weight: torch.Tensor) -> tuple[str, ...]:
     return PRECISIONS if weight.shape[-1] % BLOCKSIZE == 0 else ("bf16",)
 
 
+def score_matrix(weight: torch.Tensor, weighting: torch.Tensor | None = None) -> tuple[dict[str, float], dict[str, int]]:
+    """For each precision `weight` can be stored at: ½ Σ F (W − Q_p(W))² (F ≡ 1 without `weighting`), and its bytes."""
+    errors, sizes = {}, {}
+    for precision in available_precisions(weight):
+        stored = BlockwiseMatrix(weight, precision)
+        squared_error = (weight.float() - stored.rows().float()) ** 2
+        errors[precision] = 0.5 * float((squared_error if weighting is None else weighting * squared_error).sum())
+        sizes[precision] = stored.nbytes
+    return errors, sizes
+
+
 def plan_precision(model: nn.Module, budget_bits: float, calibration: list[dict] | None = None) -> PrecisionPlan:
     """Score every frozen matrix of the full-precision `model` and choose its precision within `budget_bits`."""
     matrices = frozen_matrices(model)
     fisher = fisher_diagonal(model, list(matrices), calibration) if calibration else {}
-    errors, sizes, parameters = {}, {}, {}
+    scores, shapes = {}, {}
     for name in tqdm(matrices, desc="scoring precisions", leave=False):
         weight = model.get_submodule(name).weight.detach()  # detached: no autograd graph while scoring
-        weighting = fisher.pop(name, None)
-        errors[name], sizes[name] = {}, {}
-        for precision in available_precisions(weight):
-            stored = BlockwiseMatrix(weight, precision)
-            squared_error = (weight.float() - stored.rows().float()) ** 2
-            errors[name][precision] = 0.5 * float((squared_error if weighting is None else weighting * squared_error).sum())
-            sizes[name][precision] = stored.nbytes
-        parameters[name] = weight.numel()
+        scores[name], shapes[name] = score_matrix(weight, fisher.pop(name, None)), tuple(weight.shape)
+    return choose_precisions(scores, shapes, budget_bits, {name: shared for name, shared in matrices.items() if shared},
+                             calibrated=bool(calibration))
+
+
+def choose_precisions(scores: dict[str, tuple[dict[str, float], dict[str, int]]], shapes: dict[str, tuple[int, ...]],
+                      budget_bits: float, tied: dict[str, list[str]], calibrated: bool) -> PrecisionPlan:
+    """The greedy plan of the module docstring over matrices already scored (`score_matrix`), by name."""
+    errors = {name: errors for name, (errors, _) in scores.items()}
+    sizes = {name: sizes for name, (_, sizes) in scores.items()}
+    parameters = {name: math.prod(shape) for name, shape in shapes.items()}
     budget = budget_bits * sum(parameters.values()) / 8
-    options = {name: [p for p in PRECISIONS if p in sizes[name]] for name in matrices}
-    levels = {name: 0 for name in matrices}
-    spent = sum(sizes[name][options[name][0]] for name in matrices)
+    options = {name: [p for p in PRECISIONS if p in sizes[name]] for name in scores}
+    levels = {name: 0 for name in scores}
+    spent = sum(sizes[name][options[name][0]] for name in scores)
     if spent > budget:
         raise ValueError(f"precision budget {budget_bits:g} bits per parameter is below what NF4 everywhere takes "
                          f"({8 * spent / sum(parameters.values()):.2f}); raise precision_budget_bits to at least that")
@@ -166,14 +181,12 @@ def plan_precision(model: nn.Module, budget_bits: float, calibration: list[dict]
             break
         spent += sizes[best][options[best][levels[best] + 1]] - sizes[best][options[best][levels[best]]]
         levels[best] += 1
-    importance = {name: errors[name][options[name][0]] for name in matrices}
-    precisions = order_by_importance({name: options[name][levels[name]] for name in matrices}, importance,
-                                     {name: (tuple(model.get_submodule(name).weight.shape), tuple(options[name]))
-                                      for name in matrices})
+    importance = {name: errors[name][options[name][0]] for name in scores}
+    precisions = order_by_importance({name: options[name][levels[name]] for name in scores}, importance,
+                                     {name: (shapes[name], tuple(options[name])) for name in scores})
     return PrecisionPlan(budget_bits=budget_bits, precisions=precisions, importance=importance,
                          nbytes={name: sizes[name][p] for name, p in precisions.items()}, parameters=parameters,
-                         tied={name: shared for name, shared in matrices.items() if shared},
-                         calibrated=bool(calibration))
+                         tied=tied, calibrated=calibrated)
 
 
 def order_by_importance(precisions: dict[str, str], importance: dict[str, float], group_of: dict) -> dict[str, str]:
@@ -200,6 +213,11 @@ def apply_precision_plan(model: nn.Module, plan: PrecisionPlan, compute_dtype: t
     for name, precision in plan.precisions.items():
         host, leaf = _slot(model, name)
         layer = getattr(host, leaf)
+        if getattr(layer.weight, "quant_state", None) is not None:  # loaded in 4 bits (`quantize_on_load`)
+            if precision != "nf4":
+                raise ValueError(f"{name} was loaded in 4 bits but the plan stores it at {precision}: load the model "
+                                 "with the plan's 16-bit matrices left out of quantization (`load_planned_model`)")
+            continue
         if layer.weight.numel() != plan.parameters[name]:
             raise ValueError(f"the precision plan does not fit this model: {name} has {layer.weight.numel():,} "
                              f"parameters, the plan {plan.parameters[name]:,}; apply it to the model it was made for")

@@ -17,19 +17,14 @@ import logging
 import re
 from dataclasses import dataclass
 
-import jieba
-import numpy as np
-from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
-from rouge_chinese import Rouge
+from functools import cache
 
-jieba.setLogLevel(logging.WARNING)
+import numpy as np
 
 SCORE_NAMES = ("rouge-1", "rouge-2", "rouge-l", "bleu-4")
 METRIC_NAMES = SCORE_NAMES + ("avg",)
 LANGUAGES = ("zh", "en")
 _ENGLISH_TOKEN = re.compile(r"\w+|[^\w\s]")
-_ROUGE = Rouge(metrics=["rouge-1", "rouge-2", "rouge-l"], stats=["f"])
-_SMOOTHING = SmoothingFunction().method3
 
 
 @dataclass(frozen=True)
@@ -96,7 +91,19 @@ def paired_bootstrap(per_example_a: dict[str, list[float]], per_example_b: dict[
                             interval=(float(low), float(high)), a_better_fraction=float((resampled > 0).mean()))
 
 
+@cache
+def _scorers():
+    """jieba, ROUGE and BLEU, imported on first use: a GPU node that only trains never needs them."""
+    import jieba
+    from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
+    from rouge_chinese import Rouge
+
+    jieba.setLogLevel(logging.WARNING)
+    return jieba, Rouge(metrics=["rouge-1", "rouge-2", "rouge-l"], stats=["f"]), sentence_bleu, SmoothingFunction().method3
+
+
 def _pair_scores(prediction: str, reference: str, lang: str) -> dict[str, float]:
+    jieba, rouge_scorer, sentence_bleu, smoothing = _scorers()
     if lang == "zh":
         # Raw jieba output, whitespace runs included, as the reference scripts pass it: rouge_chinese
         # then treats a line break as a sentence boundary exactly as it did for the paper's numbers.
@@ -110,9 +117,9 @@ def _pair_scores(prediction: str, reference: str, lang: str) -> dict[str, float]
     # does this module for all four scores.
     if not prediction_text.split() or not reference_text.split():
         return dict.fromkeys(METRIC_NAMES, 0.0)
-    rouge = _ROUGE.get_scores(prediction_text, reference_text)[0]
+    rouge = rouge_scorer.get_scores(prediction_text, reference_text)[0]
     scores = {name: rouge[name]["f"] for name in ("rouge-1", "rouge-2", "rouge-l")}
-    scores["bleu-4"] = float(sentence_bleu([reference_units], prediction_units, smoothing_function=_SMOOTHING))
+    scores["bleu-4"] = float(sentence_bleu([reference_units], prediction_units, smoothing_function=smoothing))
     scores["avg"] = sum(scores[name] for name in SCORE_NAMES) / len(SCORE_NAMES)
     return scores
 

@@ -1,6 +1,6 @@
 """Training (Sec. 3; book chapters 3, 6 and 7): the one optimizer step (`step`) and the loop with its batch
 order, progress bar and resumable checkpoints (`loop`)."""
 from .loop import TrainResult, steps_for, train
-from .step import StepOutcome, make_optimizer, training_step
+from .step import StepOutcome, make_optimizer, set_gradient_checkpointing, training_step
 
-__all__ = ["StepOutcome", "TrainResult", "make_optimizer", "steps_for", "train", "training_step"]
+__all__ = ["StepOutcome", "TrainResult", "make_optimizer", "set_gradient_checkpointing", "steps_for", "train", "training_step"]

@@ -6,9 +6,10 @@ SVD methods (Sec. 2.3), and the rank allocator steps after every optimizer step,
 final phase fixes the mask it compacts the adapters and the optimizer's state to the kept triplets.
 
 The batch order is a function of the seed and the step alone, and a checkpoint holds the trainable tensors, the
-optimizer and allocator state and the random generator's state, so a run killed after a checkpoint and resumed
-ends with the same adapters as a run that went straight through. Checkpoints are written atomically: a crash
-never leaves one half-written.
+optimizer and allocator state and the random generators' states (the CPU's and, on a GPU, every CUDA device's,
+which dropout draws from there), so a run killed after a checkpoint and resumed ends with the same adapters as a
+run that went straight through. Checkpoints are written atomically: a crash never leaves one half-written. The
+model leaves `train()` as it came in: its mode, its gradient checkpointing and `config.use_cache` are put back.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from ..atomic import torch_save_atomic
 from ..config import TrainConfig
 from ..data import collate_examples, pad_token_id, tokenize_records
 from ..tuners.tuner import Tuner
-from .step import NonFiniteLoss, make_optimizer, training_step
+from .step import NonFiniteLoss, make_optimizer, set_gradient_checkpointing, training_step
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -70,7 +71,9 @@ def _trainable_state(tuner: Tuner) -> dict[str, torch.Tensor]:
 def save_checkpoint(path: Path, tuner: Tuner, optimizer, step: int, result: TrainResult) -> None:
     path.mkdir(parents=True, exist_ok=True)
     payload = {"step": step, "trainable": _trainable_state(tuner), "optimizer": optimizer.state_dict(),
-               "tuner": tuner.state_dict(), "rng": torch.get_rng_state(), "result": result.__dict__}
+               "tuner": tuner.state_dict(), "rng": torch.get_rng_state(),
+               "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+               "result": result.__dict__}
     torch_save_atomic(path / CHECKPOINT_FILE, payload)
 
 
@@ -88,6 +91,11 @@ def load_checkpoint(path: Path, tuner: Tuner, optimizer) -> tuple[int, TrainResu
             current[name].copy_(tensor)
     optimizer.load_state_dict(payload["optimizer"])
     torch.set_rng_state(payload["rng"])
+    if payload.get("cuda_rng") is not None:
+        if not torch.cuda.is_available():
+            raise ValueError(f"{path / CHECKPOINT_FILE} was written on a CUDA GPU and torch sees none here; "
+                             "resume it on a GPU, or start the run afresh (--force)")
+        torch.cuda.set_rng_state_all(payload["cuda_rng"])
     return payload["step"], TrainResult(**payload["result"])
 
 
@@ -107,8 +115,22 @@ def train(tuner: Tuner, tokenizer, train_records: list[dict], config: TrainConfi
         raise ValueError(f"method {tuner.method!r} has nothing to train")
     optimizer = make_optimizer(params, config.optimizer, tuner.config.learning_rate)
     del params  # rank compaction replaces parameters; the optimizer's groups always list the current ones
-    if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    came_in = (model.training, model.is_gradient_checkpointing, getattr(model.config, "use_cache", None))
+    set_gradient_checkpointing(model, config.gradient_checkpointing)
+    try:
+        return _run_steps(tuner, examples, pad_id, optimizer, config, checkpoint_dir)
+    finally:
+        training, checkpointing, use_cache = came_in
+        set_gradient_checkpointing(model, checkpointing)
+        if use_cache is not None:
+            model.config.use_cache = use_cache
+        model.train(training)
+
+
+def _run_steps(tuner: Tuner, examples: list[dict], pad_id: int, optimizer, config: TrainConfig,
+               checkpoint_dir: str | Path | None) -> TrainResult:
+    """The loop of `train()`: resume if a checkpoint is there, then one `training_step` per optimizer step."""
+    model = tuner.model
     torch.manual_seed(config.seed)
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     start, result = 0, TrainResult()
@@ -142,7 +164,6 @@ def train(tuner: Tuner, tokenizer, train_records: list[dict], config: TrainConfi
         if checkpoint_dir is not None and config.checkpoint_every and step % config.checkpoint_every == 0:
             save_checkpoint(checkpoint_dir, tuner, optimizer, step, result)
     bar.close()
-    model.eval()
     return result
 
 

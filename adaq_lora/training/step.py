@@ -23,6 +23,19 @@ OPTIMIZER_REGION = "adaq_lora.optimizer_update"  # clipping and the optimizer's 
 ALLOCATOR_REGION = "adaq_lora.importance_update"  # the method's after-step hook: the rank allocator of Sec. 2.3
 
 
+def set_gradient_checkpointing(model: torch.nn.Module, enabled: bool) -> None:
+    """Recompute each decoder layer's activations in its backward (the paper profile's setting), or stop doing so.
+
+    Non-reentrant checkpointing: the reentrant kind backpropagates into a checkpointed layer only when the layer's
+    input requires grad, which the output of a frozen embedding does not, so adapters inside would get no gradient
+    (PEFT's `prepare_model_for_kbit_training` works around it with `enable_input_require_grads`).
+    """
+    if enabled:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.activation_checkpointing_disable()
+
+
 class NonFiniteLoss(FloatingPointError):
     """The loss of a micro-batch is NaN or infinite; raised before its backward pass."""
 

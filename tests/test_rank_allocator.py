@@ -73,7 +73,7 @@ def test_a_masked_triplet_whose_score_rises_comes_back(tiny_llama, token_batch):
     allocator.update_importance()
     budget = allocator.target_budget
     allocator.mask_to_budget(budget)
-    name, layer = next(iter(allocator.layers.items()))
+    name, layer = next((n, l) for n, l in allocator.layers.items() if bool((l.triplet_mask == 0).any()))
     hidden = int(torch.nonzero(layer.triplet_mask.view(-1) == 0)[0])
     top = max(s.max().item() for s in allocator.triplet_scores().values())
     allocator.sensitivity[(name, "lora_E")][hidden] = 10.0 * (top + 1.0)
@@ -112,3 +112,17 @@ def test_allocator_needs_svd_adapters(tiny_llama):
     model = apply_method(tiny_llama, "lora", AdaQConfig())
     with pytest.raises(ValueError, match="adalora"):
         RankAllocator(model, AdaQConfig())
+
+
+def test_ties_are_broken_by_position_so_every_rank_masks_alike(tiny_llama):
+    """Equal scores (all zero at the start, where λ = 0) keep the earliest triplets, the same on every rank."""
+    config = AdaQConfig(init_r=4, target_r=2, t_init=0, t_final=2, total_steps=20)
+    allocator = RankAllocator(apply_method(tiny_llama, "adalora", config), config)
+    for name, layer in allocator.layers.items():
+        for param_name in ("lora_A", "lora_B", "lora_E"):
+            zeros = torch.zeros_like(getattr(layer, param_name))
+            allocator.sensitivity[name, param_name], allocator.uncertainty[name, param_name] = zeros, zeros.clone()
+    allocator.mask_to_budget(6)
+    masks = [layer.triplet_mask.view(-1).tolist() for layer in allocator.layers.values()]
+    assert masks[0] == [1.0, 1.0, 1.0, 1.0] and masks[1] == [1.0, 1.0, 0.0, 0.0]
+    assert sum(sum(mask) for mask in masks) == 6

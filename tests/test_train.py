@@ -167,7 +167,7 @@ def test_training_leaves_the_model_as_it_came(smol_tokenizer):
     train(tuner, smol_tokenizer, RECORDS, TrainConfig(max_steps=1, max_length=48, gradient_checkpointing=True,
                                                       progress=False))
     assert tuner.model.config.use_cache is True  # generation after training keeps its key/value cache
-    assert not tuner.model.is_gradient_checkpointing and not tuner.model.training
+    assert not tuner.model.is_activation_checkpointing and not tuner.model.training
 
 
 class FakeCudaGenerators:

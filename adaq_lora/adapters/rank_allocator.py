@@ -104,7 +104,8 @@ class RankAllocator:
         names = list(scores)
         flat = torch.cat([scores[name] for name in names])
         keep = torch.zeros_like(flat, dtype=torch.bool)
-        keep[torch.topk(flat, budget).indices] = True
+        # a stable sort breaks ties by position, the same way on every rank of a data-parallel run
+        keep[torch.sort(flat, descending=True, stable=True).indices[:budget]] = True
         offset = 0
         for name in names:
             layer = self.layers[name]

@@ -2,6 +2,7 @@
 
     adaq-lora run --method adaq_lora --dataset school_math --profile ci [--seed 0] [--set key=value ...] --out DIR
     adaq-lora tables RUNS_DIR [--csv PATH]
+    torchrun --nproc_per_node=N -m adaq_lora.cli run ...   (one cell, data-parallel: training/distributed.py)
 
 A wrong method, data set, profile or `--set` key is refused before any model is loaded: exit status 2, one
 message on stderr naming the valid choices, no traceback. Failures after that point (a crash in training) keep
@@ -13,7 +14,7 @@ import argparse
 import json
 import sys
 
-from ..profiles import PROFILE_NAMES, parse_assignments
+from ..profiles import PROFILE_NAMES, load_profile, parse_assignments
 
 USAGE_ERROR = 2
 
@@ -45,18 +46,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_command(args) -> None:
+    from ..training.distributed import join_world, leave_world
     from .experiment import RESULT_FILE, execute, plan_experiment
 
     try:
-        experiment = plan_experiment(args.method, args.dataset, args.profile, args.seed,
-                                     parse_assignments(args.assignments))
+        overrides = parse_assignments(args.assignments)
+        world = join_world(load_profile(args.profile, overrides).device)  # torchrun's processes, or this one alone
+        experiment = plan_experiment(args.method, args.dataset, args.profile, args.seed, overrides)
     except ValueError as error:
         raise CommandError(str(error)) from None
-    result = execute(experiment, args.out, force=args.force, progress=not args.quiet)
-    summary = {key: result[key] for key in ("method", "dataset", "model", "rouge-1", "rouge-2", "rouge-l",
-                                            "bleu-4", "avg", "memory_mb", "train_seconds")}
-    print(json.dumps(summary, indent=2, ensure_ascii=False))
-    print(f"written: {args.out}/{RESULT_FILE}")
+    try:
+        result = execute(experiment, args.out, force=args.force, progress=not args.quiet)
+    finally:
+        leave_world()
+    if world.main:
+        summary = {key: result[key] for key in ("method", "dataset", "model", "rouge-1", "rouge-2", "rouge-l",
+                                                "bleu-4", "avg", "memory_mb", "train_seconds")}
+        print(json.dumps(summary, indent=2, ensure_ascii=False))
+        print(f"written: {args.out}/{RESULT_FILE}")
 
 
 def tables_command(args) -> None:

@@ -11,9 +11,10 @@ writes into `out_dir`:
 - `result.json`: everything the tables and the book's plots read, written last and atomically, so a run that
   dies leaves no result that looks complete; the grid resumes by skipping cells whose result is there.
 
-A run with `checkpoint_every` set resumes training from its last checkpoint. Memory is the peak of one training step
-on the run's longest batch (`memory.measure_training_memory`), with its breakdown, taken before training where the
-run's peak is. `adaq_lora` plans its base's precision (`quant/precision.py`) from the first training examples, or,
+Under torchrun (training/distributed.py) each process trains a replica; rank 0 alone writes into `out_dir`, and the
+test answers are split over the ranks. A run with `checkpoint_every` set resumes from its last checkpoint. Memory is
+the peak of one training step on the run's longest batch (`memory.measure_training_memory`), with its breakdown,
+taken before training where the run's peak is. `adaq_lora` plans its base's precision (`quant/precision.py`) from the first training examples, or,
 where the profile loads the base in 4 bits, from the model's files (`quant/file_plan.py`); the plan is written to
 `precision_plan.json` before training. `base` is not trained: its memory is that of the forward pass and the loss
 on the same batch, the paper's base rows' only possible meaning.
@@ -44,6 +45,7 @@ from ..quant.file_plan import modules_kept_in_16_bits, plan_precision_from_files
 from ..quant.precision import PrecisionPlan, calibration_batches
 from ..profiles import Profile, load_profile
 from ..training import set_gradient_checkpointing, steps_for, train
+from ..training.distributed import barrier, current_world
 from ..tuners import Tuner, method_spec, prepare, save
 
 RESULT_FILE = "result.json"
@@ -72,6 +74,7 @@ class Experiment:
     seed: int  # seeds the adapters' start, dropout and the batch order (not the split)
     train_records: list[dict]  # the training subset
     test_records: list[dict]  # the test subset
+    world_size: int = 1  # processes training together under torchrun: a step sees batch × grad_accum × world_size
 
     @property
     def model_name(self) -> str:
@@ -80,12 +83,18 @@ class Experiment:
     @property
     def total_steps(self) -> int:
         p = self.profile
-        return steps_for(len(self.train_records), p.epochs, p.train.batch_size, p.train.grad_accum)
+        return steps_for(len(self.train_records), p.epochs, self.global_batch_size)
+
+    @property
+    def global_batch_size(self) -> int:
+        """Examples per optimizer step, over every process."""
+        return self.profile.train.batch_size * self.profile.train.grad_accum * self.world_size
 
     def identity(self) -> dict:
         """What makes two runs the same run: a folder holding another one is not resumed or skipped."""
         return {"method": self.method, "dataset": self.dataset, "model": self.model_name,
-                "profile": self.profile.name, "settings": self.profile.to_dict(), "seed": self.seed}
+                "profile": self.profile.name, "settings": self.profile.to_dict(), "seed": self.seed,
+                **({"world_size": self.world_size} if self.world_size > 1 else {})}
 
     def adaq_config(self) -> AdaQConfig:
         """The profile's `adapter` section with the budget schedule laid out over this run's steps."""
@@ -107,7 +116,7 @@ def plan_experiment(method: str, dataset: str, profile: str, seed: int = 0, over
                          "use profile 'ci' or 'cpu' on this machine")
     train_records, test_records = split_records(load_records(dataset), TEST_FRACTION, seed=SPLIT_SEED)
     experiment = Experiment(method, dataset, settings, seed, _subset(train_records, settings.train_size, "train", dataset),
-                            _subset(test_records, settings.test_size, "test", dataset))
+                            _subset(test_records, settings.test_size, "test", dataset), current_world().size)
     experiment.adaq_config()  # refuses a schedule with no step left for the budget to fall
     return experiment
 
@@ -126,12 +135,16 @@ def execute(experiment: Experiment, out_dir: str | Path, force: bool = False, pr
     if previous is not None and previous != identity and not force:
         raise ValueError(f"{out_dir} holds another run ({_difference(previous, identity)}); "
                          "choose another folder, or pass force=True (--force) to replace it")
-    if force or previous != identity:  # a fresh start: nothing of an earlier run is resumed or returned
-        shutil.rmtree(out_dir / CHECKPOINT_DIR, ignore_errors=True)
-        (out_dir / RESULT_FILE).unlink(missing_ok=True)
-    elif (existing := load_result(out_dir)) is not None:
+    world = current_world()
+    fresh = force or previous != identity  # a fresh start: nothing of an earlier run is resumed or returned
+    if not fresh and (existing := load_result(out_dir)) is not None:
         return existing
-    write_json_atomic(out_dir / RUN_FILE, identity)
+    if world.main:  # rank 0 alone writes; the others wait until the folder is ready
+        if fresh:
+            shutil.rmtree(out_dir / CHECKPOINT_DIR, ignore_errors=True)
+            (out_dir / RESULT_FILE).unlink(missing_ok=True)
+        write_json_atomic(out_dir / RUN_FILE, identity)
+    barrier()
 
     began = time.perf_counter()
     model, tokenizer, plan = _load_model(experiment, progress)
@@ -139,7 +152,7 @@ def execute(experiment: Experiment, out_dir: str | Path, force: bool = False, pr
     examples = tokenize_records(experiment.train_records, tokenizer, experiment.profile.train.max_length)  # once a run
     calibration = calibration_batches(examples, pad_token_id(tokenizer)) if plan is None else None
     tuner = prepare(model, experiment.method, experiment.adaq_config(), calibration=calibration, precision_plan=plan)
-    if tuner.precision_plan is not None:  # what the plan decided, matrix by matrix, before any step is taken
+    if tuner.precision_plan is not None and world.main:  # what the plan decided, matrix by matrix, before any step
         tuner.precision_plan.save(out_dir)
         if progress:
             print(f"precision plan: {tuner.precision_plan.summary()}", file=sys.stderr)
@@ -151,21 +164,23 @@ def execute(experiment: Experiment, out_dir: str | Path, force: bool = False, pr
     if method_spec(experiment.method).trains:
         training = train(tuner, tokenizer, experiment.train_records, train_config,
                          checkpoint_dir=out_dir / CHECKPOINT_DIR, examples=examples)
-        if not method_spec(experiment.method).trains_base:  # a full fine-tune's weights are the whole model
+        if world.main and not method_spec(experiment.method).trains_base:  # a full fine-tune's weights: the model
             save(tuner, out_dir / ADAPTERS_DIR)
     eval_began = time.perf_counter()
     predictions = generate_answers(tuner.model, tokenizer, experiment.test_records, experiment.profile.max_new_tokens,
-                                   experiment.profile.eval_batch_size, progress=progress)
+                                   experiment.profile.eval_batch_size, progress=progress and world.main, shard=True)
     eval_seconds = time.perf_counter() - eval_began
     references = [record["output"] for record in experiment.test_records]
     per_example = per_example_scores(predictions, references, lang="zh")
-    _write_predictions(out_dir / PREDICTIONS_FILE, experiment.test_records, predictions, per_example)
+    if world.main:
+        _write_predictions(out_dir / PREDICTIONS_FILE, experiment.test_records, predictions, per_example)
     intervals = bootstrap_intervals(per_example, n_resamples=experiment.profile.bootstrap_resamples, seed=0)
 
     result = {
         **identity,
         "n_train": len(experiment.train_records), "n_test": len(experiment.test_records),
         "total_steps": experiment.total_steps if training else 0,
+        "world_size": world.size, "global_batch_size": experiment.global_batch_size,
         **{name: statistics.fmean(per_example[name]) for name in METRIC_NAMES},
         "intervals": {name: list(intervals[name]) for name in METRIC_NAMES},
         **memory,
@@ -182,8 +197,10 @@ def execute(experiment: Experiment, out_dir: str | Path, force: bool = False, pr
         "versions": package_versions(),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    write_json_atomic(out_dir / RESULT_FILE, result)
-    shutil.rmtree(out_dir / CHECKPOINT_DIR, ignore_errors=True)  # the result is complete: nothing left to resume
+    if world.main:
+        write_json_atomic(out_dir / RESULT_FILE, result)
+        shutil.rmtree(out_dir / CHECKPOINT_DIR, ignore_errors=True)  # the result is complete: nothing left to resume
+    barrier()  # no rank returns before the result is written
     return result
 
 
@@ -253,8 +270,8 @@ def _load_model(experiment: Experiment, progress: bool) -> tuple[torch.nn.Module
         quantization_config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                                  bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype,
                                                  llm_int8_skip_modules=kept)
-    model, tokenizer = load_model(p.model, dtype=dtype, device="cuda" if p.device == "cuda" else None,
-                                  quantization_config=quantization_config)
+    device = f"cuda:{current_world().local_rank}" if p.device == "cuda" else None  # one GPU per process
+    model, tokenizer = load_model(p.model, dtype=dtype, device=device, quantization_config=quantization_config)
     return model, tokenizer, plan
 
 

@@ -10,6 +10,9 @@ optimizer and allocator state and the random generators' states (the CPU's and, 
 which dropout draws from there), so a run killed after a checkpoint and resumed ends with the same adapters as a
 run that went straight through. Checkpoints are written atomically: a crash never leaves one half-written. The
 model leaves `train()` as it came in: its mode, its gradient checkpointing and `config.use_cache` are put back.
+
+Launched by torchrun (`distributed.py`), each of the N processes trains a DDP replica on its share of every step's
+micro-batches; rank 0 alone writes the checkpoints, holding every rank's generator states, and shows progress.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from ..atomic import torch_save_atomic
 from ..config import TrainConfig
 from ..data import collate_examples, pad_token_id, tokenize_records
 from ..tuners.tuner import Tuner
+from .distributed import current_world, gather_objects, refuse_sharded, replicate
 from .step import NonFiniteLoss, make_optimizer, set_gradient_checkpointing, training_step
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -68,12 +72,19 @@ def _trainable_state(tuner: Tuner) -> dict[str, torch.Tensor]:
     return state
 
 
+def _generator_states() -> dict:
+    return {"cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
 def save_checkpoint(path: Path, tuner: Tuner, optimizer, step: int, result: TrainResult) -> None:
+    """Rank 0 writes; the generators' states are every rank's (gathered), as each rank draws its own dropout."""
+    generators = gather_objects(_generator_states())
+    if not current_world().main:
+        return
     path.mkdir(parents=True, exist_ok=True)
     payload = {"step": step, "trainable": _trainable_state(tuner), "optimizer": optimizer.state_dict(),
-               "tuner": tuner.state_dict(), "rng": torch.get_rng_state(),
-               "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-               "result": result.__dict__}
+               "tuner": tuner.state_dict(), "rng_by_rank": generators, "result": result.__dict__}
     torch_save_atomic(path / CHECKPOINT_FILE, payload)
 
 
@@ -90,12 +101,18 @@ def load_checkpoint(path: Path, tuner: Tuner, optimizer) -> tuple[int, TrainResu
         for name, tensor in payload["trainable"].items():
             current[name].copy_(tensor)
     optimizer.load_state_dict(payload["optimizer"])
-    torch.set_rng_state(payload["rng"])
-    if payload.get("cuda_rng") is not None:
+    world = current_world()
+    if len(payload["rng_by_rank"]) != world.size:
+        raise ValueError(f"{path / CHECKPOINT_FILE} was written by a run of {len(payload['rng_by_rank'])} process(es) "
+                         f"and this one has {world.size}: the global batch would change mid-run; resume it with "
+                         f"torchrun --nproc_per_node={len(payload['rng_by_rank'])}, or start afresh (--force)")
+    generators = payload["rng_by_rank"][world.rank]
+    torch.set_rng_state(generators["cpu"])
+    if generators["cuda"] is not None:
         if not torch.cuda.is_available():
             raise ValueError(f"{path / CHECKPOINT_FILE} was written on a CUDA GPU and torch sees none here; "
                              "resume it on a GPU, or start the run afresh (--force)")
-        torch.cuda.set_rng_state_all(payload["cuda_rng"])
+        torch.cuda.set_rng_state_all(generators["cuda"])
     return payload["step"], TrainResult(**payload["result"])
 
 
@@ -115,11 +132,15 @@ def train(tuner: Tuner, tokenizer, train_records: list[dict], config: TrainConfi
         raise ValueError(f"method {tuner.method!r} has nothing to train")
     optimizer = make_optimizer(params, config.optimizer, tuner.config.learning_rate)
     del params  # rank compaction replaces parameters; the optimizer's groups always list the current ones
-    came_in = (model.training, model.is_gradient_checkpointing, getattr(model.config, "use_cache", None))
+    came_in = (model.training, model.is_activation_checkpointing, getattr(model.config, "use_cache", None))
     set_gradient_checkpointing(model, config.gradient_checkpointing)
+    if current_world().size > 1:  # launched by torchrun: train the replicas together
+        refuse_sharded(model)
+        tuner.replica = replicate(model)
     try:
         return _run_steps(tuner, examples, pad_id, optimizer, config, checkpoint_dir)
     finally:
+        tuner.replica = None
         training, checkpointing, use_cache = came_in
         set_gradient_checkpointing(model, checkpointing)
         if use_cache is not None:
@@ -138,14 +159,17 @@ def _run_steps(tuner: Tuner, examples: list[dict], pad_id: int, optimizer, confi
         start, result = load_checkpoint(checkpoint_dir, tuner, optimizer)
     device = next(model.parameters()).device
     model.train()
-    max_steps = config.max_steps or steps_for(len(examples), 1, config.batch_size, config.grad_accum)
-    bar = tqdm(total=max_steps, initial=start, desc=tuner.method, disable=not config.progress)
+    world = current_world()
+    per_step = config.grad_accum * world.size  # micro-batches per optimizer step, over all ranks
+    max_steps = config.max_steps or steps_for(len(examples), 1, config.batch_size, per_step)
+    bar = tqdm(total=max_steps, initial=start, desc=tuner.method, disable=not (config.progress and world.main))
     for step in range(start + 1, max_steps + 1):
         began = time.perf_counter()
+        # rank r takes its grad_accum consecutive micro-batches of the order one process would accumulate
+        positions = [(step - 1) * per_step + world.rank * config.grad_accum + micro for micro in range(config.grad_accum)]
         batches = [{k: v.to(device) for k, v in collate_examples([examples[i] for i in indices], pad_id).items()}
-                   for indices in (micro_batch_order(len(examples), config.batch_size, config.seed,
-                                                     (step - 1) * config.grad_accum + micro)
-                                   for micro in range(config.grad_accum))]
+                   for indices in (micro_batch_order(len(examples), config.batch_size, config.seed, position)
+                                   for position in positions)]
         try:
             outcome = training_step(tuner, batches, optimizer, config.max_grad_norm)
         except NonFiniteLoss as error:

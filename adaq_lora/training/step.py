@@ -5,7 +5,10 @@ autograd runs its backward last and the adapters' gradients do not sit beside th
 peak) and its backward; then clipping to the paper's maximum gradient norm, the optimizer step, the method's
 after-step hook (the rank allocator of Sec. 2.3: importance, budget, mask, and rank compaction when the final
 phase begins, before `zero_grad`, which it needs the gradients for) and `zero_grad`. `train()`, the memory
-measurement, the benchmark, chapter 3 and the README's example all call `training_step`.
+measurement, the benchmark, chapter 3 and the README's example all call `training_step`. Under torchrun the
+forward goes through the tuner's DDP replica (`distributed.py`): gradients are averaged over the ranks at the last
+micro-batch's backward, the recorded losses are the mean over every rank's micro-batches, and the ranks' masks are
+compared after each allocator step.
 
 The optimizer update and the allocator run inside named profiler regions, so the memory measurement can tell the
 tensors they make from the activations; outside a profiler a region costs nothing worth measuring.
@@ -18,6 +21,7 @@ import torch
 from torch.profiler import record_function
 
 from ..tuners.tuner import Tuner
+from .distributed import accumulating, check_masks_agree, mean_over_ranks, replicate, sum_over_ranks
 
 OPTIMIZER_REGION = "adaq_lora.optimizer_update"  # clipping and the optimizer's step
 ALLOCATOR_REGION = "adaq_lora.importance_update"  # the method's after-step hook: the rank allocator of Sec. 2.3
@@ -69,7 +73,8 @@ def optimized_parameters(optimizer: torch.optim.Optimizer) -> list[torch.nn.Para
 def training_loss(tuner: Tuner, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """L = C + γ Σ_k R(P_k, Q_k) on one micro-batch (Sec. 2.3), and C alone."""
     regularizer = tuner.regularizer()
-    cross_entropy = tuner.model(**batch, use_cache=False).loss
+    model = tuner.replica or tuner.model  # under torchrun through DDP, whose backward averages the gradients
+    cross_entropy = model(**batch, use_cache=False).loss
     return (cross_entropy if regularizer is None else cross_entropy + regularizer), cross_entropy
 
 
@@ -83,18 +88,26 @@ def training_step(tuner: Tuner, batches: list[dict], optimizer: torch.optim.Opti
     """
     loss_sum = cross_entropy_sum = 0.0
     tokens = 0
-    for batch in batches:
-        loss, cross_entropy = training_loss(tuner, batch)
-        if not torch.isfinite(loss):
-            raise NonFiniteLoss(loss.item(), tuner.method)
-        (loss / len(batches)).backward()
+    for index, batch in enumerate(batches):
+        with accumulating(tuner.replica, last=index == len(batches) - 1):
+            loss, cross_entropy = training_loss(tuner, batch)
+            if not torch.isfinite(loss):
+                raise NonFiniteLoss(loss.item(), tuner.method)
+            (loss / len(batches)).backward()
         loss_sum += loss.item()
         cross_entropy_sum += cross_entropy.item()
         tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
     with record_function(OPTIMIZER_REGION):
         torch.nn.utils.clip_grad_norm_(optimized_parameters(optimizer), max_grad_norm)
         optimizer.step()
+    compacted = tuner.compacted
     with record_function(ALLOCATOR_REGION):
         budget = tuner.after_optimizer_step(optimizer if compact else None)
+    if tuner.replica is not None:
+        if tuner.compacted != compacted:  # the adapters are new, smaller tensors; DDP's buckets hold the old ones
+            tuner.replica = replicate(tuner.model)
+        if tuner.allocator is not None:
+            check_masks_agree(tuner.model, tuner.allocator.global_step)
     optimizer.zero_grad(set_to_none=True)
-    return StepOutcome(loss_sum / len(batches), cross_entropy_sum / len(batches), budget, tokens)
+    loss, cross_entropy = mean_over_ranks([loss_sum / len(batches), cross_entropy_sum / len(batches)])
+    return StepOutcome(loss, cross_entropy, budget, sum_over_ranks(tokens))

@@ -27,10 +27,17 @@ class Tuner:
     config: AdaQConfig  # the settings it was prepared with
     allocator: RankAllocator | None = None  # the rank budget of SVD methods; None for the others
     precision_plan: PrecisionPlan | None = None  # how adaq_lora stores the frozen base; None: QLoRA's layout or none
+    replica: nn.Module | None = None  # the DistributedDataParallel wrapper training `model` under torchrun, else None
 
     @property
     def spec(self) -> MethodSpec:
         return method_spec(self.method)
+
+    @property
+    def compacted(self) -> bool:
+        """The adapters have been shrunk to their kept triplets (their parameters are new tensors since)."""
+        return self.allocator is not None and self.allocator.compacted
+
     def regularizer(self) -> torch.Tensor | None:
         """γ Σ_k R(P_k, Q_k) of Sec. 2.3, added to the loss; None where the method has none or adds it itself."""
         if self.allocator is None or self.config.orth_reg_weight == 0:

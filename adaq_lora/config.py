@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
-OPTIMIZERS = ("paged_adamw", "adamw")  # bitsandbytes' paged AdamW (the paper's, Sec. 3) or torch's
+OPTIMIZERS = ("paged_adamw", "paged_adamw_8bit", "adamw")  # bitsandbytes' paged AdamW (the paper's, Sec. 3), its
+# 8-bit-state variant (two bytes per adapter weight instead of eight; no rank compaction), or torch's
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
@@ -40,6 +41,8 @@ class AdaQConfig:
     init_std: float = 0.02  # std of the Gaussian start of A (Eq. 1) and of P, Q (Eq. 5), as PEFT's AdaLoRA
     loftq_init: bool = False  # adaq_lora: start ΔW at the best rank-init_r fit of the quantization error W − W0 (LoftQ, loftq.py)
     compact_ranks: bool = True  # in the final phase, shrink SVD adapters to their kept triplets and free the importance EMAs
+    fused_loss: bool = True  # ours: the loss from the hidden states a chunk of tokens at a time, the logits never whole
+    importance_dtype: str = "bfloat16"  # storage of the importance EMAs (updated in float32): bfloat16, or float32 as PEFT
     extra: dict = field(default_factory=dict)  # free-form notes stored with the adapters (e.g. the model id)
 
     def __post_init__(self):
@@ -53,6 +56,8 @@ class AdaQConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.importance_dtype not in ("bfloat16", "float32"):
+            raise ValueError(f"importance_dtype must be 'bfloat16' or 'float32', got {self.importance_dtype!r}")
         if self.init_r < self.target_r:
             raise ValueError(
                 f"init_r={self.init_r} < target_r={self.target_r}: the budget can only fall; "

@@ -201,3 +201,19 @@ def test_compacted_adapters_save_load_and_export_to_peft_with_the_same_logits(me
     ours = model(input_ids=ids).logits
     assert torch.equal(ours, reloaded(input_ids=ids).logits)
     assert torch.allclose(ours, peft_model(input_ids=ids).logits, atol=1e-5)
+
+
+def test_an_optimizer_whose_state_cannot_move_is_refused_before_any_parameter_is_replaced(tiny_llama, token_batch):
+    # init_r = 64: P and Q of 4,096 elements, the smallest that bitsandbytes keeps in 8 bits
+    model = apply_method(tiny_llama, "adalora", AdaQConfig(init_r=64, target_r=32, total_steps=30))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, "paged_adamw_8bit", 1e-3)
+    model(**token_batch).loss.backward()
+    optimizer.step()
+    layer = next(module for module in model.modules() if hasattr(module, "triplet_mask"))
+    layer.set_mask(torch.arange(64) % 2 == 0)
+    before = {id(p) for p in model.parameters()}
+    with pytest.raises(ValueError, match="8-bit optimizer states"):
+        compact_model(model, optimizer)
+    assert {id(p) for p in model.parameters()} == before and layer.r == 64  # nothing replaced, nothing half-moved
+    assert all(p in optimizer.state for p in params)

@@ -152,7 +152,7 @@ def test_chatglm2_6b_memory_follows_the_storage_of_each_method():
                for method in ("qlora", "adaq_lora")}
     assert weights["qlora"] - weights["adaq_lora"] > 450  # 4.5 bits on all 6.2 B weights against QLoRA's 5.1
     # at init_r = 12 the SVD adapters on q, k and v apart (the GLM layout), their Adam state and EMAs take back most
-    assert 100 < totals["qlora"] - totals["adaq_lora"] < 200
+    assert 150 < totals["qlora"] - totals["adaq_lora"] < 300
 
 
 def test_paper_comparison_lists_the_published_values_beside_ours():

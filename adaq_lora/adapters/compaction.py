@@ -6,8 +6,11 @@ triplets can never come back, so we shrink every SVD adapter to its kept triplet
 the same way and drop the EMAs (the allocator never reads them again). The scale α / init_r is unchanged and a
 masked triplet contributed nothing, so the model's outputs do not change.
 
-One thing does change: Eq. 6's orthogonality term now covers the kept triplets only, where a masked run's term
-also pulls the kept columns towards orthogonality with the hidden ones; the two runs train alike only when γ = 0.
+Two things do change, so a compacted run and a masked one do not train exactly alike. Eq. 6's orthogonality term
+now covers the kept triplets only, where a masked run's term also pulls the kept columns towards orthogonality with
+the hidden ones (γ = 0 removes that). And a masked λ still receives its straight-through gradient
+(svd_adapter.py), which counts in the norm that clipping to 0.1 scales every gradient by; once compacted it is
+gone, so wherever the clip binds the kept parameters take slightly larger steps than in the masked run.
 """
 from __future__ import annotations
 
@@ -52,13 +55,14 @@ def compact_layer(layer: SVDLinear, keep: torch.Tensor) -> list[Move]:
 def _moved_value(optimizer: torch.optim.Optimizer, value, old: nn.Parameter, new: nn.Parameter, take: Take):
     if not (torch.is_tensor(value) and value.shape == old.shape):
         return value  # step counters and other per-parameter scalars carry over as they are
-    kept = take(value)
     if not getattr(value, "is_paged", False):
-        return kept
+        return take(value)
     # bitsandbytes keeps a paged buffer (CUDA managed memory, parameters of 1e5+ elements) in a list it
     # prefetches from; the new one must come from the same allocator and the old one leave that list. bitsandbytes
-    # has no call that returns managed memory, so only the non-paged states give their bytes back.
+    # has no call that returns managed memory, so only the non-paged states give their bytes back. The optimizer's
+    # kernels write managed memory asynchronously: wait for them before reading it.
     torch.cuda.synchronize()
+    kept = take(value)
     buffer = optimizer.get_state_buffer(new, dtype=value.dtype)
     buffer.copy_(kept)
     optimizer.page_mng.paged_tensors = [t for t in optimizer.page_mng.paged_tensors if t is not value]
@@ -78,12 +82,16 @@ def move_optimizer_state(optimizer: torch.optim.Optimizer, moves: list[Move]) ->
         group, index = positions[id(old)]
         group["params"][index] = new
         state = optimizer.state.pop(old, None)
-        if not state:
-            continue
-        if "absmax1" in state:
-            raise ValueError("8-bit optimizer states are quantized in blocks of 256 values and cannot be sliced by "
-                             "triplet: use a 32-bit optimizer or AdaQConfig(compact_ranks=False)")
-        optimizer.state[new] = {key: _moved_value(optimizer, value, old, new, take) for key, value in state.items()}
+        if state:
+            optimizer.state[new] = {key: _moved_value(optimizer, value, old, new, take) for key, value in state.items()}
+
+
+def refuse_unmovable_state(optimizer: torch.optim.Optimizer | None) -> None:
+    """Raise before anything is replaced if `optimizer`'s state cannot be sliced by triplet (a half-moved
+    optimizer would go on updating parameters the model no longer holds)."""
+    if optimizer is not None and any("absmax1" in state for state in optimizer.state.values()):
+        raise ValueError("8-bit optimizer states are quantized in blocks of 256 values and cannot be sliced by "
+                         "triplet: use a 32-bit optimizer or AdaQConfig(compact_ranks=False)")
 
 
 def kept_triplets(layers: dict[str, SVDLinear]) -> dict[str, torch.Tensor]:
@@ -100,6 +108,7 @@ def leading_triplets(layers: dict[str, SVDLinear], ranks: dict[str, int]) -> dic
 def compact_layers(layers: dict[str, SVDLinear], keeps: dict[str, torch.Tensor],
                    optimizer: torch.optim.Optimizer | None = None) -> dict[str, int]:
     """Compact layers[name] to keeps[name] for every name in `keeps`; the optimizer's state follows."""
+    refuse_unmovable_state(optimizer)
     moves = [move for name, keep in keeps.items() for move in compact_layer(layers[name], keep)]
     if optimizer is not None:
         move_optimizer_state(optimizer, moves)

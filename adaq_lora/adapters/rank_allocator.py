@@ -11,6 +11,11 @@ Every ΔT steps the b(t) best triplets over the whole model stay visible and the
 t_final steps the mask is fixed; the rank each matrix keeps is the rank pattern. `compact(optimizer)` then
 shrinks the adapters to it and frees the EMAs (compaction.py).
 
+The two EMAs are stored in `config.importance_dtype`, bfloat16 by default (PEFT keeps them in float32): half the
+bytes of the heaviest state before compaction, two values per adapter element. Each update is computed in float32
+and rounded once; bfloat16 keeps float32's range, so the tiny products |θ · ∂L/∂θ| do not underflow as in float16,
+and its 8-bit mantissa orders the triplets as float32 does except for near-ties (measured in benchmarks/).
+
 Call `step()` in a plain training loop after `optimizer.step()` and before `optimizer.zero_grad()`: it reads the
 gradients. (The Hugging Face Trainer never calls PEFT's `update_and_allocate`; forgetting it leaves the budget
 at init_r.)
@@ -66,6 +71,7 @@ class RankAllocator:
     def update_importance(self) -> None:
         """Fold this step's |θ · ∂L/∂θ| into the two EMAs of every scored parameter."""
         beta1, beta2 = self.config.beta1, self.config.beta2
+        storage = getattr(torch, self.config.importance_dtype)
         for name, layer in self.layers.items():
             for param_name in SCORED_PARAMETERS:
                 param = getattr(layer, param_name)
@@ -75,17 +81,19 @@ class RankAllocator:
                         "and before optimizer.zero_grad(set_to_none=True)"
                     )
                 key = (name, param_name)
-                sensitivity = (param * param.grad).abs()
+                sensitivity = (param * param.grad).abs().float()
                 if key not in self.sensitivity:
-                    self.sensitivity[key] = torch.zeros_like(sensitivity)
-                    self.uncertainty[key] = torch.zeros_like(sensitivity)
-                smoothed = self.sensitivity[key]
-                smoothed.mul_(beta1).add_(sensitivity, alpha=1 - beta1)
-                self.uncertainty[key].mul_(beta2).add_((sensitivity - smoothed).abs(), alpha=1 - beta2)
+                    self.sensitivity[key] = torch.zeros_like(sensitivity, dtype=storage)
+                    self.uncertainty[key] = torch.zeros_like(sensitivity, dtype=storage)
+                # the arithmetic in float32, the storage in `importance_dtype` (a no-op copy when that is float32)
+                smoothed = self.sensitivity[key].float().mul_(beta1).add_(sensitivity, alpha=1 - beta1)
+                spread = self.uncertainty[key].float().mul_(beta2).add_((sensitivity - smoothed).abs(), alpha=1 - beta2)
+                self.sensitivity[key].copy_(smoothed)
+                self.uncertainty[key].copy_(spread)
 
     def element_scores(self, name: str, param_name: str) -> torch.Tensor:
         key = (name, param_name)
-        return self.sensitivity[key] * self.uncertainty[key]
+        return self.sensitivity[key].float() * self.uncertainty[key].float()
 
     def triplet_scores(self) -> dict[str, torch.Tensor]:
         """S_{k,i} for every matrix k, a vector of its r triplet scores."""
@@ -98,17 +106,19 @@ class RankAllocator:
         return scores
 
     @torch.no_grad()
-    def mask_to_budget(self, budget: int) -> None:
-        """Keep the `budget` best triplets over all matrices visible, hide the rest."""
-        scores = self.triplet_scores()
-        names = list(scores)
-        flat = torch.cat([scores[name] for name in names])
+    def best_triplets(self, budget: int) -> torch.Tensor:
+        """Which of all triplets, in layer order, are the `budget` best by score (a boolean vector)."""
+        flat = torch.cat(list(self.triplet_scores().values()))
         keep = torch.zeros_like(flat, dtype=torch.bool)
         # a stable sort breaks ties by position, the same way on every rank of a data-parallel run
         keep[torch.sort(flat, descending=True, stable=True).indices[:budget]] = True
-        offset = 0
-        for name in names:
-            layer = self.layers[name]
+        return keep
+
+    @torch.no_grad()
+    def mask_to_budget(self, budget: int) -> None:
+        """Keep the `budget` best triplets over all matrices visible, hide the rest."""
+        keep, offset = self.best_triplets(budget), 0
+        for layer in self.layers.values():
             layer.set_mask(keep[offset : offset + layer.r])
             offset += layer.r
 

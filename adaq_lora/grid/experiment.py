@@ -285,10 +285,11 @@ def _measure_memory(experiment: Experiment, tuner: Tuner, examples: list[dict], 
     p = experiment.profile
     longest = sorted(examples, key=lambda example: len(example["input_ids"]), reverse=True)[: p.train.batch_size]
     batch = collate_examples(longest, pad_id)
-    breakdown = measure_training_memory(tuner, batch, max_grad_norm=p.train.max_grad_norm)
+    breakdown = measure_training_memory(tuner, batch, max_grad_norm=p.train.max_grad_norm,
+                                        optimizer_name=p.train.optimizer)
     shape = "×".join(str(size) for size in batch["input_ids"].shape)
     what = ("a forward pass and the loss (base trains nothing)" if not method_spec(experiment.method).trains
-            else "one training step (forward, backward, clipping, paged AdamW)")
+            else f"one training step (forward, backward, clipping, {p.train.optimizer})")
     return {"memory_mb": breakdown.total_mb, "memory_breakdown": breakdown.as_dict(),
             "memory_measured": f"{what} on the longest training batch, {shape} tokens"}
 

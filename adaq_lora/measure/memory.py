@@ -43,7 +43,6 @@ from torch.profiler import ProfilerActivity, profile
 from torch.profiler._memory_profiler import OpTree, extract_gradients
 
 from ..adapters.lora import AdapterLayer
-from ..adapters.rank_allocator import RankAllocator
 from ..quant.quantize import quant_state_tensors
 from ..training.step import ALLOCATOR_REGION, OPTIMIZER_REGION, make_optimizer, training_step
 from ..tuners.tuner import Tuner
@@ -92,7 +91,7 @@ def token_batch(vocab_size: int, batch_size: int, seq_len: int, seed: int = 0) -
     return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": input_ids.clone()}
 
 
-def static_tensors(model: nn.Module, optimizer=None, allocator: RankAllocator | None = None,
+def static_tensors(model: nn.Module, optimizer=None, method_state: list[torch.Tensor] = (),
                    batch: dict | None = None) -> dict[int, tuple[str, int]]:
     """Storage pointer → (category, bytes) for every tensor that outlives a step, each storage once."""
     found: dict[int, tuple[str, int]] = {}
@@ -118,9 +117,8 @@ def static_tensors(model: nn.Module, optimizer=None, allocator: RankAllocator | 
         for value in state.values():
             if torch.is_tensor(value):
                 add(value, "optimizer_state")
-    if allocator is not None:
-        for tensor in [*allocator.sensitivity.values(), *allocator.uncertainty.values()]:
-            add(tensor, "other")
+    for tensor in method_state:  # a rank allocator's importance statistics, ours or PEFT's
+        add(tensor, "other")
     for value in (batch or {}).values():
         if torch.is_tensor(value):
             add(value, "other")
@@ -135,11 +133,13 @@ def _measured_step(tuner: Tuner, batch: dict, optimizer, max_grad_norm: float) -
     training_step(tuner, [batch], optimizer, max_grad_norm, compact=False)
 
 
-def measure_training_memory(tuner: Tuner, batch: dict, optimizer=None, *, max_grad_norm: float = 0.1) -> MemoryBreakdown:
+def measure_training_memory(tuner: Tuner, batch: dict, optimizer=None, *, max_grad_norm: float = 0.1,
+                            optimizer_name: str = "paged_adamw") -> MemoryBreakdown:
     """The peak memory of one training step of `tuner` on `batch` (input_ids and labels), by category.
 
-    `optimizer`: None for bitsandbytes' paged AdamW (the paper's) at learning rate 0 on the trainable parameters;
-    with an optimizer of your own the model takes two real steps (the warm-up and the measured one). The method's
+    `optimizer`: None for `optimizer_name` (default bitsandbytes' paged AdamW, the paper's; a run passes its
+    profile's) at learning rate 0 on the trainable parameters; with an optimizer of your own the model takes two
+    real steps (the warm-up and the measured one). The method's
     after-step hook runs in both (an SVD method's first creates its importance EMAs, which count in "other"), without
     rank compaction; the tuner's own state (the allocator's step and EMAs, the masks) is put back afterwards.
     """
@@ -150,14 +150,14 @@ def measure_training_memory(tuner: Tuner, batch: dict, optimizer=None, *, max_gr
     batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
     trainable = [p for p in model.parameters() if p.requires_grad]
     if optimizer is None and trainable:
-        optimizer = make_optimizer(trainable, "paged_adamw", learning_rate=0.0)
+        optimizer = make_optimizer(trainable, optimizer_name, learning_rate=0.0)
     tuner_state = copy.deepcopy(tuner.state_dict())
     masks = {name: mask.clone() for name, mask in model.named_buffers() if name.endswith("triplet_mask")}
     model.train()
     model.zero_grad(set_to_none=True)
     _measured_step(tuner, batch, optimizer, max_grad_norm)  # warm-up: the optimizer's and the allocator's state exist
     gc.collect()
-    static = static_tensors(model, optimizer, tuner.allocator, batch)
+    static = static_tensors(model, optimizer, tuner.state_tensors(), batch)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -16,12 +16,14 @@ Static, the same at every instant:
   adapters           LoRA r·(in + out), SVD adapters r·(in + out + 1) per adapted matrix, always float32
   optimizer state    AdamW's two moments, float32: 2 × trainable × 4
   other              the batch (three int64 N-tensors), the SVD triplet masks, and for SVD methods the rank
-                     allocator's two importance EMAs per adapter weight (2 × adapters)
+                     allocator's two importance EMAs per adapter weight (2 × adapters, in importance_dtype)
 Dynamic: the tensors the step makes, at the largest of three candidate peaks. (The `base` method trains nothing:
 its peak is the end of its forward pass: the logits N·V·c, their float32 copy when c ≠ 4, the log-softmax N·V·4
 and the last hidden state N·h·c.)
   A. The start of backward: every tensor saved for backward (below) and the loss's three float32 N × V tensors —
-     the log-softmax output and the two gradients backward makes first: 3·N·V·4. (The training step builds
+     the log-softmax output and the two gradients backward makes first: 3·N·V·4. With the fused loss
+     (training/fused_loss.py, our methods' default) the end of the forward instead: one chunk's three (chunk × V
+     of at most CHUNK_LOGITS values), and the answer rows of the hidden states with their gradient, 2·N·h·c. (The training step builds
      Eq. 6's regularizer before the forward pass, so autograd runs its backward last: no adapter gradient yet.)
   B. For a 4-bit base, inside a 4-bit layer: the saved tensors and that layer's weight de-quantized to c for its
      matmul (the largest decoder matrix). It wins only where the vocabulary is small next to the layers.
@@ -62,6 +64,7 @@ from ..config import AdaQConfig
 from ..models import DEFAULT_TARGET_MODULES
 from ..paper import PAPER_MODEL_LABEL, PAPER_ROWS, published_memory_mb
 from ..quant.nf4 import BLOCKSIZE, SCALE_BLOCKSIZE
+from ..training.fused_loss import CHUNK_LOGITS
 from ..tuners.registry import method_spec
 from .memory import CATEGORIES, MemoryBreakdown
 from .model_shape import ModelShape, load_chatglm2_6b_config
@@ -144,7 +147,8 @@ def static_bytes(shape: ModelShape, method: str, config: AdaQConfig, w: int, tok
     if method_spec(method).precision_plan and config.precision_budget_bits is not None:
         planned = (decoder_weights + shape.embedding_parameters()) * config.precision_budget_bits / 8
         nf4, other_weights = math.ceil(planned), norms_and_biases
-    svd_extras = len(matrices) * rank * 4 + 2 * adapters * 4 if method_spec(method).svd else 0  # masks, EMAs
+    ema = dtype_bytes(config.importance_dtype)
+    svd_extras = len(matrices) * rank * 4 + 2 * adapters * ema if method_spec(method).svd else 0  # masks, EMAs
     return {
         "quantized_weights": nf4 if quantized else 0,
         "full_precision_weights": (other_weights + (0 if quantized else decoder_weights)) * w,
@@ -167,14 +171,18 @@ def dynamic_bytes(shape: ModelShape, method: str, config: AdaQConfig, w: int, c:
     final_norm = hidden * 4 + 4 + (2 * hidden * c if method_spec(method).trains_base else 0)
     svd_products = sum(rank * i * 4 for i, _ in matrices) if svd else 0
     dequantized = max(i * o for i, o in decoder) * c if method_spec(method).quantized else 0
+    if config.fused_loss and not method_spec(method).peer:  # a chunk's logits, and ∂C/∂h with its answer rows
+        loss_tensors = 3 * min(tokens, max(1, CHUNK_LOGITS // vocab)) * vocab * 4 + 2 * tokens * hidden * c
+    else:
+        loss_tensors = 3 * tokens * vocab * 4
     if checkpointing:
         saved = tokens * (shape.num_layers * hidden * c + final_norm)
         one_layer = tokens * (per_token + 2 * hidden * c) + svd_products // shape.num_layers
-        peaks = [{"activations": saved + 3 * tokens * vocab * 4},  # A
+        peaks = [{"activations": saved + loss_tensors},  # A
                  {"activations": saved + one_layer + dequantized}]  # R
     else:
         saved = tokens * (shape.num_layers * per_token + final_norm) + svd_products
-        peaks = [{"activations": saved + 3 * tokens * vocab * 4}]  # A
+        peaks = [{"activations": saved + loss_tensors}]  # A
         if dequantized:  # B
             peaks.append({"activations": saved + dequantized})
     if method_spec(method).trains_base:

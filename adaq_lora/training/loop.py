@@ -30,7 +30,7 @@ from ..config import TrainConfig
 from ..data import collate_examples, pad_token_id, tokenize_records
 from ..tuners.tuner import Tuner
 from .distributed import current_world, gather_objects, refuse_sharded, replicate
-from .step import NonFiniteLoss, make_optimizer, set_gradient_checkpointing, training_step
+from .step import NonFiniteLoss, loss_model, make_optimizer, set_gradient_checkpointing, training_step
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -130,13 +130,16 @@ def train(tuner: Tuner, tokenizer, train_records: list[dict], config: TrainConfi
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"method {tuner.method!r} has nothing to train")
+    if config.optimizer == "paged_adamw_8bit" and tuner.allocator is not None and tuner.config.compact_ranks:
+        raise ValueError("rank compaction slices the optimizer's state by triplet, which 8-bit states (blocks of 256) "
+                         "cannot be: set adapter.compact_ranks=false with optimizer paged_adamw_8bit, or use paged_adamw")
     optimizer = make_optimizer(params, config.optimizer, tuner.config.learning_rate)
     del params  # rank compaction replaces parameters; the optimizer's groups always list the current ones
     came_in = (model.training, model.is_activation_checkpointing, getattr(model.config, "use_cache", None))
     set_gradient_checkpointing(model, config.gradient_checkpointing)
     if current_world().size > 1:  # launched by torchrun: train the replicas together
         refuse_sharded(model)
-        tuner.replica = replicate(model)
+        tuner.replica = replicate(loss_model(tuner))
     try:
         return _run_steps(tuner, examples, pad_id, optimizer, config, checkpoint_dir)
     finally:

@@ -22,6 +22,7 @@ from torch.profiler import record_function
 
 from ..tuners.tuner import Tuner
 from .distributed import accumulating, check_masks_agree, mean_over_ranks, replicate, sum_over_ranks
+from .fused_loss import FusedLossModel
 
 OPTIMIZER_REGION = "adaq_lora.optimizer_update"  # clipping and the optimizer's step
 ALLOCATOR_REGION = "adaq_lora.importance_update"  # the method's after-step hook: the rank allocator of Sec. 2.3
@@ -57,12 +58,15 @@ class StepOutcome:
 
 
 def make_optimizer(params, name: str, learning_rate: float) -> torch.optim.Optimizer:
-    """bitsandbytes' paged AdamW ("paged_adamw", the paper's) or torch's AdamW ("adamw"), without weight decay."""
+    """bitsandbytes' paged AdamW ("paged_adamw", the paper's; "paged_adamw_8bit" with its moments in 8 bits) or
+    torch's AdamW ("adamw"), without weight decay."""
     if name == "adamw":
         return torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
     from ..quant.kernels import import_bitsandbytes
 
-    return import_bitsandbytes().optim.PagedAdamW(params, lr=learning_rate, weight_decay=0.0)
+    optim = import_bitsandbytes().optim
+    paged = optim.PagedAdamW8bit if name == "paged_adamw_8bit" else optim.PagedAdamW
+    return paged(params, lr=learning_rate, weight_decay=0.0)
 
 
 def optimized_parameters(optimizer: torch.optim.Optimizer) -> list[torch.nn.Parameter]:
@@ -70,11 +74,20 @@ def optimized_parameters(optimizer: torch.optim.Optimizer) -> list[torch.nn.Para
     return [p for group in optimizer.param_groups for p in group["params"]]
 
 
+def loss_model(tuner: Tuner) -> torch.nn.Module:
+    """What a step calls for the loss: our methods' model with the fused loss (`fused_loss.py`) unless the config
+    turns it off; the PEFT peers as their users run them, with transformers' loss."""
+    if tuner.config.fused_loss and not tuner.spec.peer:
+        return FusedLossModel(tuner.model)
+    return tuner.model
+
+
 def training_loss(tuner: Tuner, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """L = C + γ Σ_k R(P_k, Q_k) on one micro-batch (Sec. 2.3), and C alone."""
     regularizer = tuner.regularizer()
-    model = tuner.replica or tuner.model  # under torchrun through DDP, whose backward averages the gradients
-    cross_entropy = model(**batch, use_cache=False).loss
+    model = tuner.replica or loss_model(tuner)  # under torchrun through DDP, whose backward averages the gradients
+    output = model(**batch, use_cache=False)
+    cross_entropy = output if isinstance(output, torch.Tensor) else output.loss
     return (cross_entropy if regularizer is None else cross_entropy + regularizer), cross_entropy
 
 
@@ -105,7 +118,7 @@ def training_step(tuner: Tuner, batches: list[dict], optimizer: torch.optim.Opti
         budget = tuner.after_optimizer_step(optimizer if compact else None)
     if tuner.replica is not None:
         if tuner.compacted != compacted:  # the adapters are new, smaller tensors; DDP's buckets hold the old ones
-            tuner.replica = replicate(tuner.model)
+            tuner.replica = replicate(loss_model(tuner))
         if tuner.allocator is not None:
             check_masks_agree(tuner.model, tuner.allocator.global_step)
     optimizer.zero_grad(set_to_none=True)

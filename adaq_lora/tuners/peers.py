@@ -54,6 +54,13 @@ class PeftTuner(Tuner):
         budget, _ = allocator.budget_schedule(self.global_step)
         return int(budget)
 
+    def state_tensors(self) -> list[torch.Tensor]:
+        """PEFT's AdaLoRA allocator: three float32 tensors per adapter element (ipt, exp_avg_ipt, exp_avg_unc)."""
+        allocator = self._peft_allocator()
+        if allocator is None:
+            return []
+        return [t for table in (allocator.ipt, allocator.exp_avg_ipt, allocator.exp_avg_unc) for t in table.values()]
+
     def rank_pattern(self) -> dict[str, int] | None:
         if self._peft_allocator() is None:
             return None

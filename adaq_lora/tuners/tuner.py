@@ -59,6 +59,12 @@ class Tuner:
             self.allocator.compact(optimizer)
         return budget
 
+    def state_tensors(self) -> list[torch.Tensor]:
+        """What the method keeps beside the model between steps (the importance EMAs), for memory accounting."""
+        if self.allocator is None:
+            return []
+        return [*self.allocator.sensitivity.values(), *self.allocator.uncertainty.values()]
+
     def rank_pattern(self) -> dict[str, int] | None:
         if self.allocator is None:
             return None

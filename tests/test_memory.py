@@ -178,3 +178,12 @@ def test_a_bad_method_or_an_incomplete_config_is_refused_by_name():
     with pytest.raises(ValueError, match="needs input_ids and labels"):
         measure_training_memory(prepare(LlamaForCausalLM(LlamaConfig(**SMALL_LLAMA)), "base"),
                                 {"input_ids": torch.zeros(1, 4)})
+
+
+def test_chatglm2_6b_fine_tunes_in_under_5_gib_with_checkpointing_by_prediction():
+    """The paper's consumer-card motivation, as the paper profile trains (checkpointing, fused loss, 4.5 bits)."""
+    rows = {row.method: row.predicted.total_mb for row in paper_memory_comparison(seq_len=512)}
+    assert rows["adaq_lora"] < 5 * 1024 < rows["lora"]
+    # NF4 everywhere (4.13 bits) is the plan's floor and the SVD state at init_r costs more than LoRA's, so
+    # ADAQ-LoRA stays above 0.85 × QLoRA: 0.94 here
+    assert 0.85 < rows["adaq_lora"] / rows["qlora"] < 1.0

@@ -1,4 +1,6 @@
 """Claims of Sec. 2.3: the cubic budget, one global top-b mask, masked triplets that return, a fixed final phase."""
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -126,3 +128,27 @@ def test_ties_are_broken_by_position_so_every_rank_masks_alike(tiny_llama):
     masks = [layer.triplet_mask.view(-1).tolist() for layer in allocator.layers.values()]
     assert masks[0] == [1.0, 1.0, 1.0, 1.0] and masks[1] == [1.0, 1.0, 0.0, 0.0]
     assert sum(sum(mask) for mask in masks) == 6
+
+
+def test_bfloat16_emas_take_half_the_bytes_and_choose_the_triplets_float32_would_but_for_near_ties(tiny_llama):
+    config = AdaQConfig(init_r=4, target_r=2, t_init=0, t_final=2, total_steps=20, init_std=0.1)
+    model = apply_method(tiny_llama, "adalora", config).train()
+    with torch.no_grad():
+        for layer in adapter_layers(model).values():
+            layer.lora_E.normal_(generator=torch.Generator().manual_seed(1))
+    half = RankAllocator(model, config)
+    full = RankAllocator(model, replace(config, importance_dtype="float32"))
+    generator = torch.Generator().manual_seed(2)
+    for _ in range(5):
+        ids = torch.randint(0, 128, (2, 12), generator=generator)
+        model.zero_grad()
+        model(input_ids=ids, labels=ids).loss.backward()
+        half.update_importance()
+        full.update_importance()
+    assert {t.dtype for t in half.sensitivity.values()} == {torch.bfloat16}
+    assert sum(t.nbytes for t in half.sensitivity.values()) * 2 == sum(t.nbytes for t in full.sensitivity.values())
+    scores_half, scores_full = (torch.cat(list(a.triplet_scores().values())) for a in (half, full))
+    assert torch.allclose(scores_half, scores_full, rtol=2e-2)  # bfloat16's 8-bit mantissa, twice rounded
+    budget = half.target_budget
+    swapped = int((half.best_triplets(budget) != full.best_triplets(budget)).sum()) // 2
+    assert swapped <= 1  # of 56 triplets: at most a near-tie at the cut

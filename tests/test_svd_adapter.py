@@ -22,7 +22,7 @@ def test_lambda_is_zero_so_delta_w_is_zero_at_start_while_p_and_q_are_random():
     assert torch.equal(layer(x), layer.base_layer(x))
 
 
-def test_a_masked_triplet_keeps_its_numbers_and_contributes_nothing():
+def test_a_masked_triplet_keeps_its_singular_vectors_loses_its_lambda_and_contributes_nothing():
     layer = make_layer()
     with torch.no_grad():
         layer.lora_E.copy_(torch.arange(1.0, 7.0).view(6, 1))
@@ -30,8 +30,9 @@ def test_a_masked_triplet_keeps_its_numbers_and_contributes_nothing():
     saved = {n: getattr(layer, n).clone() for n in ("lora_A", "lora_E", "lora_B")}
     layer.set_mask(kept)
     assert layer.active_rank == 4
-    for name, tensor in saved.items():
-        assert torch.equal(getattr(layer, name), tensor)
+    for name in ("lora_A", "lora_B"):  # P and Q stay, so the triplet can come back
+        assert torch.equal(getattr(layer, name), saved[name])
+    assert layer.lora_E.view(-1).tolist() == [1.0, 2.0, 0.0, 4.0, 0.0, 6.0]  # AdaLoRA's masking zeroes λ
     only_kept = (layer.lora_B[:, kept] @ (layer.lora_E[kept] * layer.lora_A[kept])) * layer.scaling
     assert torch.allclose(layer.delta_weight(), only_kept, atol=1e-7)
     x = torch.randn(3, 20)
@@ -48,17 +49,6 @@ def test_masked_lambda_still_gets_its_gradient_but_its_singular_vectors_do_not()
     assert torch.count_nonzero(layer.lora_A.grad[1]) == 0
     assert torch.count_nonzero(layer.lora_B.grad[:, 1]) == 0
     assert torch.count_nonzero(layer.lora_A.grad[0]) > 0
-
-
-def test_a_masked_triplet_comes_back_exactly_when_unmasked():
-    layer = make_layer()
-    with torch.no_grad():
-        layer.lora_E.copy_(torch.linspace(0.1, 0.6, 6).view(6, 1))
-    full = layer.delta_weight().clone()
-    layer.set_mask(torch.tensor([True, False, False, True, True, True]))
-    assert not torch.allclose(layer.delta_weight(), full)
-    layer.set_mask(torch.ones(6, dtype=torch.bool))
-    assert torch.equal(layer.delta_weight(), full)
 
 
 def test_orthogonality_penalty_is_zero_for_orthonormal_p_and_q_and_counts_the_defect_otherwise():
@@ -94,3 +84,18 @@ def test_svd_layer_matches_peft_adalora_layer_with_the_same_weights():
         getattr(peft_layer, name)["default"].data.copy_(getattr(layer, name))
     x = torch.randn(5, 20)
     assert torch.allclose(layer(x), peft_layer(x), rtol=1e-5, atol=1e-6)
+
+
+def test_a_returning_triplet_starts_from_zero_instead_of_jumping_by_its_old_lambda():
+    """Sec. 2.2's reason to mask: ΔW changes smoothly. With λ zeroed at masking, showing a triplet again changes
+    nothing at once; with its old λ kept it would jump by (α/r)·λ_i·P_i Q_i."""
+    layer = make_layer()
+    with torch.no_grad():
+        layer.lora_E.fill_(3.0)
+    hidden = torch.tensor([True, False, True, True, True, True])
+    layer.set_mask(hidden)
+    before = layer.delta_weight().detach().clone()
+    layer.set_mask(torch.ones(6, dtype=torch.bool))
+    assert torch.equal(layer.delta_weight().detach(), before)
+    jump = (3.0 * layer.lora_B[:, 1:2] @ layer.lora_A[1:2]) * layer.scaling  # what keeping λ would have added
+    assert float(jump.abs().max()) > 0.5 * float(before.abs().max())  # as large as the rest of ΔW

@@ -2,10 +2,13 @@
 
 P ∈ R^{out×r} and Q ∈ R^{r×in} play the singular vectors and Λ = diag(λ) the singular values. λ starts at zero
 and P, Q Gaussian, so ΔW = 0 at the start (Sec. 2.2). Each triplet G_i = (P[:, i], λ_i, Q[i, :]) has a mask
-entry: a masked triplet contributes nothing to the output, but none of its numbers is deleted. Its λ_i still
-receives the gradient it would have if it were active (a straight-through mask), so its importance keeps being
-measured and the triplet can come back when it scores well again; its singular vectors get no gradient and stay
-as they were. This is the paper's argument for masking over pruning A and B of plain LoRA.
+entry: a masked triplet contributes nothing to the output, but its singular vectors are not deleted. At each
+masking its λ_i is set to zero, as AdaLoRA's reference code and PEFT's `mask_to_budget` do, so a triplet that comes
+back starts from ΔW ≈ 0 instead of jumping by (α/r)·λ_i·P_i Q_i, the instability Sec. 2.2 says masking avoids. While
+hidden, λ_i still receives the gradient it would have if it were active (a straight-through mask), so its importance
+keeps being measured and the triplet can come back when it scores well again; its singular vectors get no gradient
+from the cost C (only Eq. 6's pull, when γ > 0) and stay nearly as they were. This is the paper's argument for
+masking over pruning A and B of plain LoRA.
 
 Names follow PEFT's AdaLoRA for export: `lora_B` is P, `lora_E` is λ (r × 1), `lora_A` is Q. The scale is
 α / init_r, PEFT's `scaling / ranknum`, fixed while the mask changes.
@@ -47,10 +50,13 @@ class SVDLinear(AdapterLayer):
 
     @torch.no_grad()
     def set_mask(self, keep: torch.Tensor) -> None:
-        """Show the triplets where `keep` is true and hide the others; a merged layer cannot change its ΔW."""
+        """Show the triplets where `keep` is true, hide the others and zero their λ (AdaLoRA's masking); a merged
+        layer cannot change its ΔW."""
         if self.merged:
             raise ValueError("unmerge the adapter before changing its mask: W0 holds the old ΔW")
-        self.triplet_mask.copy_(keep.reshape(self.r, 1).to(self.triplet_mask.dtype))
+        keep = keep.reshape(self.r, 1).to(self.triplet_mask.device)
+        self.triplet_mask.copy_(keep.to(self.triplet_mask.dtype))
+        self.lora_E.masked_fill_(~keep.bool(), 0.0)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, r={self.r}"

@@ -6,7 +6,7 @@ with the run's seed before the adapters are drawn, trains with the recipe of Sec
 greedily, scores them (ROUGE-1/2/L and BLEU-4 with 95% bootstrap intervals) and measures training memory. It
 writes into `out_dir`:
 
-- `predictions.jsonl`: prompt, reference, prediction and the example's scores, one test example per line;
+- `predictions.jsonl`: prompt, reference, prediction and the example's scores and accuracy, one per line;
 - `adapters/`: our adapters and their PEFT export (`peft.PeftModel.from_pretrained` loads it), not for base/full;
 - `result.json`: everything the tables and the book's plots read, written last and atomically, so a run that
   dies leaves no result that looks complete; the grid resumes by skipping cells whose result is there.
@@ -38,6 +38,7 @@ from ..config import AdaQConfig, TrainConfig
 from ..data import collate_examples, load_records, pad_token_id, prompt_text, split_records, tokenize_records
 from ..scoring.evaluate import generate_answers
 from ..tuners.methods import trainable_parameters
+from ..scoring.accuracy import accuracy_scores, answer_kind
 from ..scoring.metrics import METRIC_NAMES, bootstrap_intervals, per_example_scores
 from ..models import DEFAULT_MODEL, load_model, model_folder
 from ..measure.memory import measure_training_memory
@@ -172,6 +173,7 @@ def execute(experiment: Experiment, out_dir: str | Path, force: bool = False, pr
     eval_seconds = time.perf_counter() - eval_began
     references = [record["output"] for record in experiment.test_records]
     per_example = per_example_scores(predictions, references, lang="zh")
+    per_example["accuracy"] = accuracy_scores(predictions, references, answer_kind(experiment.dataset))
     if world.main:
         _write_predictions(out_dir / PREDICTIONS_FILE, experiment.test_records, predictions, per_example)
     intervals = bootstrap_intervals(per_example, n_resamples=experiment.profile.bootstrap_resamples, seed=0)
@@ -181,19 +183,14 @@ def execute(experiment: Experiment, out_dir: str | Path, force: bool = False, pr
         "n_train": len(experiment.train_records), "n_test": len(experiment.test_records),
         "total_steps": experiment.total_steps if training else 0,
         "world_size": world.size, "global_batch_size": experiment.global_batch_size,
-        **{name: statistics.fmean(per_example[name]) for name in METRIC_NAMES},
-        "intervals": {name: list(intervals[name]) for name in METRIC_NAMES},
+        **{name: statistics.fmean(values) for name, values in per_example.items()},  # the metrics and accuracy
+        "intervals": {name: list(interval) for name, interval in intervals.items()},
         **memory,
-        "train_seconds": training.train_seconds if training else None,
-        "median_step_seconds": training.median_step_seconds if training else None,
-        "tokens_per_second": training.tokens_per_second if training else None,
-        "eval_seconds": eval_seconds,
-        "wall_seconds": time.perf_counter() - began,
-        "trainable_parameters": trainable_parameters(tuner.model),
-        "rank_pattern": tuner.rank_pattern(),
-        "losses": training.losses if training else [],
-        "lm_losses": training.lm_losses if training else [],
-        "budgets": training.budgets if training else [],
+        **{key: getattr(training, key) if training else None
+           for key in ("train_seconds", "median_step_seconds", "tokens_per_second")},
+        "eval_seconds": eval_seconds, "wall_seconds": time.perf_counter() - began,
+        "trainable_parameters": trainable_parameters(tuner.model), "rank_pattern": tuner.rank_pattern(),
+        **{key: getattr(training, key) if training else [] for key in ("losses", "lm_losses", "budgets")},
         "versions": package_versions(),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -296,5 +293,5 @@ def _measure_memory(experiment: Experiment, tuner: Tuner, examples: list[dict], 
 
 def _write_predictions(path: Path, records: list[dict], predictions: list[str], per_example: dict) -> None:
     write_jsonl_atomic(path, [{"prompt": prompt_text(record), "reference": record["output"], "prediction": prediction,
-                               "scores": {name: per_example[name][index] for name in METRIC_NAMES}}
+                               "scores": {name: values[index] for name, values in per_example.items()}}
                               for index, (record, prediction) in enumerate(zip(records, predictions))])

@@ -21,6 +21,8 @@ from ..tuners.registry import method_names, method_spec
 from .experiment import RESULT_FILE, load_result
 
 COLUMNS = ("Rouge-1", "Rouge-2", "Rouge-L", "BLEU", "Avg")  # the paper's headers for METRIC_NAMES, in order
+ACCURACY_COLUMN = "Accuracy"  # ours only (scoring/accuracy.py): the paper reports none
+SCORED = (*METRIC_NAMES, "accuracy")  # what a row holds, with its interval where it has one
 MEMORY_COLUMN = "Memory/MB"
 
 
@@ -64,7 +66,8 @@ def table_for(dataset: str) -> TableSpec | None:
 
 def build_tables(results: list[dict]) -> list[dict]:
     """Tables 1 and 2 as {"number", "caption", "rows"}; each row a dict with the method's name, its source, the
-    five scores, their intervals (None for the paper's rows, which publish none) and the memory in MB."""
+    five scores and the accuracy (None where there is none), their intervals (None for the paper's rows, which
+    publish none) and the memory in MB."""
     tables = []
     for spec in TABLES:
         rows = [paper_row(spec.number, method) for method in PAPER_ROWS[spec.number]]
@@ -78,7 +81,7 @@ def build_tables(results: list[dict]) -> list[dict]:
 def paper_row(table: int, method: str) -> dict:
     *scores, memory = PAPER_ROWS[table][method]
     return {"method": PAPER_MODEL_LABEL + method_spec(method).label, "source": PAPER_SOURCE,
-            **dict(zip(METRIC_NAMES, scores)), "intervals": None, "memory_mb": memory}
+            **dict(zip(METRIC_NAMES, scores)), "accuracy": None, "intervals": None, "memory_mb": memory}
 
 
 def result_row(result: dict, show_seed: bool = False) -> dict:
@@ -87,23 +90,24 @@ def result_row(result: dict, show_seed: bool = False) -> dict:
     known = result["method"] in method_names()
     label = method_spec(result["method"]).label if known else f"+{result['method']}"
     return {"method": model + label, "source": source,
-            **{name: result[name] for name in METRIC_NAMES},
-            "intervals": {name: tuple(result["intervals"][name]) for name in METRIC_NAMES},
+            **{name: result.get(name) for name in SCORED},  # runs recorded before accuracy have none
+            "intervals": {name: tuple(result["intervals"][name]) for name in SCORED if name in result["intervals"]},
             "memory_mb": result["memory_mb"]}
 
 
 def markdown(tables: list[dict]) -> str:
     """The tables in the paper's layout (Method, the five scores, Memory/MB) plus a Source column."""
-    header = ("Method", "Source", *COLUMNS, MEMORY_COLUMN)
+    header = ("Method", "Source", *COLUMNS, ACCURACY_COLUMN, MEMORY_COLUMN)
     blocks = []
     for table in tables:
         lines = [f"**{table['caption']}**", "", _markdown_line(header), _markdown_line(["---"] * len(header))]
         for row in table["rows"]:
-            cells = [_score_cell(row, name) for name in METRIC_NAMES]
+            cells = [_score_cell(row, name) for name in SCORED]
             lines.append(_markdown_line([row["method"], row["source"], *cells, _memory_cell(row["memory_mb"])]))
         blocks.append("\n".join(lines))
-    note = ("Ours: the mean over the test examples [95% bootstrap interval]. Memory: the peak of one training step "
-            "in MB (2^20 bytes); for the base model, of a forward pass.")
+    note = ("Ours: the mean over the test examples [95% bootstrap interval]. Accuracy: the share of right answers "
+            "(final numbers for School_math, exact answers for Alpaca_Chinese), ours only. Memory: the peak of one "
+            "training step in MB (2^20 bytes); for the base model, of a forward pass.")
     return "\n\n".join(blocks + [note]) + "\n"
 
 
@@ -112,7 +116,7 @@ def write_csv(tables: list[dict], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fields = ["table", "method", "source"]
-    for name in METRIC_NAMES:
+    for name in SCORED:
         fields += [name, f"{name}_low", f"{name}_high"]
     fields.append("memory_mb")
     with staged(path) as staging, open(staging, "w", newline="", encoding="utf-8") as file:
@@ -122,8 +126,8 @@ def write_csv(tables: list[dict], path: str | Path) -> Path:
             for row in table["rows"]:
                 line = {"table": table["number"], "method": row["method"], "source": row["source"],
                         "memory_mb": row["memory_mb"]}
-                for name in METRIC_NAMES:
-                    low, high = row["intervals"][name] if row["intervals"] else (None, None)
+                for name in SCORED:
+                    low, high = (row["intervals"] or {}).get(name, (None, None))
                     line.update({name: row[name], f"{name}_low": low, f"{name}_high": high})
                 writer.writerow(line)
     return path
@@ -141,7 +145,9 @@ def _row_order(result: dict) -> tuple:
 
 
 def _score_cell(row: dict, name: str) -> str:
-    if row["intervals"] is None:
+    if row[name] is None:
+        return "—"
+    if not row["intervals"] or name not in row["intervals"]:
         return f"{row[name]:.4f}"
     low, high = row["intervals"][name]
     return f"{row[name]:.4f} [{low:.4f}, {high:.4f}]"

@@ -1,0 +1,62 @@
+"""Answer accuracy (scoring/accuracy.py): right answers count, templates do not."""
+from fractions import Fraction
+
+import pytest
+
+from adaq_lora.scoring.accuracy import accuracy_scores, answer_correct, answer_kind, numbers
+from adaq_lora.scoring.metrics import score
+
+REFERENCE = "已经行驶了10×3=30千米。\n全程是30+114=144千米。\n答：全程一共有144千米。"
+WRONG = "已经行驶了10×3=30千米。全程是30+114=416千米。答：全程一共有416千米。"
+
+
+def test_a_wrong_answer_in_the_reference_s_template_scores_high_rouge_but_no_accuracy():
+    assert score([WRONG], [REFERENCE])["avg"] > 0.8
+    assert accuracy_scores([WRONG, REFERENCE], [REFERENCE, REFERENCE], "final_answer") == [0.0, 1.0]
+
+
+def test_numbers_are_compared_as_values_not_as_text():
+    assert numbers("3.0 与 3/4，45%，1,200元") == [Fraction(3), Fraction(3, 4), Fraction(9, 20), Fraction(1200)]
+    assert answer_correct("答：一共3.00千克。", "答：一共有3千克。", "final_answer")
+    assert answer_correct("……\n答：这两个数分别是236和189。", "答：236和189", "final_answer")
+    assert not answer_correct("答：189和236", "答：236和189", "final_answer")  # in order
+    assert not answer_correct("", "答：5", "final_answer")
+
+
+def test_the_final_answer_is_the_last_line_with_da_else_the_last_line():
+    assert answer_correct("先算 2+2=4。\n再算 4+1=5。\n5", "答：5", "final_answer")
+    assert not answer_correct("答：5。\n不对，答：6。", "答：5", "final_answer")
+
+
+def test_exact_answers_ignore_whitespace_punctuation_and_case():
+    assert answer_correct(" 锌元素的化学符号是 zn ", "锌元素的化学符号是Zn。", "exact")
+    assert not answer_correct("锌元素的化学符号是Zr。", "锌元素的化学符号是Zn。", "exact")
+
+
+def test_each_data_set_has_its_kind_and_unknown_kinds_are_refused():
+    assert answer_kind("school_math") == answer_kind("BelleGroup/school_math_0.25M") == "final_answer"
+    assert answer_kind("alpaca_zh") == answer_kind("shibing624/alpaca-zh") == "exact"
+    with pytest.raises(ValueError, match="unknown answer kind"):
+        answer_correct("a", "a", "fuzzy")
+
+
+def test_recorded_runs_get_their_accuracy_from_their_own_predictions_once(tmp_path):
+    import json
+
+    from conftest import load_script
+
+    add_accuracy = load_script("add_accuracy").add_accuracy
+    rows = [{"prompt": "p", "reference": REFERENCE, "prediction": prediction, "scores": {"avg": 0.9}}
+            for prediction in (WRONG, REFERENCE, REFERENCE, "答：144")]
+    (tmp_path / "predictions.jsonl").write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    result = {"dataset": "school_math", "n_test": 4, "settings": {"bootstrap_resamples": 200},
+              "intervals": {"avg": [0.8, 0.95]}}
+    (tmp_path / "result.json").write_text(json.dumps(result))
+    assert add_accuracy(tmp_path) is True
+    scored = json.loads((tmp_path / "result.json").read_text())
+    assert scored["accuracy"] == 0.75 and scored["intervals"]["avg"] == [0.8, 0.95]
+    low, high = scored["intervals"]["accuracy"]
+    assert 0.0 <= low <= 0.75 <= high <= 1.0
+    lines = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert [line["scores"]["accuracy"] for line in lines] == [0.0, 1.0, 1.0, 1.0]
+    assert add_accuracy(tmp_path) is False  # already scored: left as it is

@@ -61,14 +61,17 @@ def recorded_rows(result: dict) -> list[dict]:
     return rows
 
 
-def paired_scores(ours: list[dict], theirs: list[dict], metric: str) -> tuple[list[float], list[float]] | None:
-    """Per-example `metric` of two methods' runs, seed by seed, pooled; None where a run lacks the metric."""
+def paired_scores(ours: list[dict], theirs: list[dict], metric: str,
+                  read=recorded_rows) -> tuple[list[float], list[float]] | None:
+    """Per-example `metric` of two methods' runs, seed by seed, pooled; None where a run lacks the metric.
+
+    `read` gives a run's prediction rows (`recorded_rows`, or a caching wrapper of it)."""
     by_seed = {r["seed"]: r for r in theirs}
     a, b = [], []
     for run in sorted(ours, key=lambda r: r["seed"]):
         if run["seed"] not in by_seed:
             continue
-        rows_a, rows_b = recorded_rows(run), recorded_rows(by_seed[run["seed"]])
+        rows_a, rows_b = read(run), read(by_seed[run["seed"]])
         if [(r["prompt"], r["reference"]) for r in rows_a] != [(r["prompt"], r["reference"]) for r in rows_b]:
             raise ValueError(f"{run['path']} and {by_seed[run['seed']]['path']} do not hold the same test prompts "
                              "and references: they cannot be paired; rerun one of them")
@@ -89,6 +92,13 @@ def check_claims(results: list[dict]) -> list[ClaimCheck]:
     for result in results:
         key = (Path(result["model"]).name, result["profile"], result["dataset"])
         groups.setdefault(key, {}).setdefault(result["method"], []).append(result)
+    read_rows: dict[str, list[dict]] = {}  # each predictions.jsonl read once, however many claims pair it
+
+    def read(run: dict) -> list[dict]:
+        if run["path"] not in read_rows:
+            read_rows[run["path"]] = recorded_rows(run)
+        return read_rows[run["path"]]
+
     checks = []
     for (model, profile, dataset), runs in sorted(groups.items()):
         table = table_for(dataset)
@@ -102,7 +112,7 @@ def check_claims(results: list[dict]) -> list[ClaimCheck]:
                 checks.append(memory_check(group, claim, runs["adaq_lora"], runs[other], memory_ratio))
                 continue
             for metric, label in SCORED.items():
-                pairs = paired_scores(runs["adaq_lora"], runs[other], metric)
+                pairs = paired_scores(runs["adaq_lora"], runs[other], metric, read)
                 if pairs is None:
                     continue
                 test = paired_bootstrap({metric: pairs[0]}, {metric: pairs[1]}, metric=metric)

@@ -25,7 +25,7 @@ def refused(argv, capsys):
 def test_a_wrong_method_is_refused_with_every_valid_method_listed(capsys, tmp_path):
     err = refused(["run", "--method", "qlora2", "--dataset", "school_math", "--profile", "ci", "--out", str(tmp_path)],
                   capsys)
-    assert "unknown method 'qlora2'; valid methods: base, full, lora, qlora, adalora, adaq_lora, peft-lora" in err
+    assert "unknown method 'qlora2'; valid methods: base, full, lora, qlora, adalora, adaq_lora, adaq_lora_nf4, peft-lora" in err
 
 
 def test_a_wrong_data_set_is_refused_naming_the_stand_ins(capsys, tmp_path):

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import datasets
@@ -13,6 +14,7 @@ from tokenizers import Tokenizer, models, processors
 from transformers import PreTrainedTokenizerFast
 
 from adaq_lora import data
+from adaq_lora.scoring.accuracy import answer_correct, answer_kind, final_line, numbers
 from adaq_lora.data import (FieldMap, build_example, build_prompt, collate_examples, encode_prompt, load_records,
                             prompt_text, split_records)
 
@@ -303,3 +305,30 @@ def test_the_generator_rewrites_the_committed_standins_byte_for_byte(tmp_path):
     subprocess.run([sys.executable, str(REPO / "data" / "make_standins.py"), "--out", str(tmp_path)], check=True)
     for name in data.STANDIN_FILES.values():
         assert (tmp_path / name).read_bytes() == (REPO / "data" / name).read_bytes()
+
+
+def test_every_standin_reference_is_right_by_the_checker_its_data_set_is_scored_with():
+    for name in ("school_math", "alpaca_zh"):
+        kind = answer_kind(name)
+        assert all(answer_correct(r["output"], r["output"], kind) for r in load_records(name)), name
+
+
+def test_school_math_solutions_take_three_to_five_steps_and_end_in_an_answer_line():
+    steps = Counter(len(r["output"].splitlines()) - 1 for r in load_records("school_math"))
+    assert set(steps) == {3, 4, 5}
+    assert min(steps.values()) > 100  # each length is common, not a corner case
+    assert all(r["output"].splitlines()[-1].startswith("答：") for r in load_records("school_math"))
+
+
+def test_the_answer_line_holds_the_result_of_a_step_not_a_number_of_the_question():
+    for record in load_records("school_math"):
+        step_results = {n for line in record["output"].splitlines()[:-1] for n in numbers(line.split("=")[-1])}
+        assert set(numbers(final_line(record["output"]))) <= step_results, record
+
+
+def test_the_standins_come_from_many_families_in_varied_words():
+    math = load_records("school_math")
+    assert sum(r["instruction"].count("。") >= 1 for r in math) > 900  # facts in sentences, then the question
+    assert len({r["instruction"][3:8] for r in math}) > 100  # openings vary: names, distractors, phrasings
+    openings = Counter(r["instruction"][:6] for r in load_records("alpaca_zh"))
+    assert len(openings) > 40 and max(openings.values()) < 120  # no one task dominates

@@ -100,9 +100,9 @@ def test_no_hyper_parameter_is_declared_in_two_configurations():
 
 def test_every_method_has_one_spec_and_ours_come_before_the_peers():
     names = method_names()
-    assert names[:6] == ("base", "full", "lora", "qlora", "adalora", "adaq_lora")
+    assert names[:7] == ("base", "full", "lora", "qlora", "adalora", "adaq_lora", "adaq_lora_nf4")
     assert [name for name in names if method_spec(name).peer] == ["peft-lora", "peft-qlora", "peft-adalora"]
-    assert {name for name in names if method_spec(name).quantized} == {"qlora", "adaq_lora", "peft-qlora",
-                                                                        "peft-adalora"}
+    assert {name for name in names if method_spec(name).quantized} == {"qlora", "adaq_lora", "adaq_lora_nf4",
+                                                                        "peft-qlora", "peft-adalora"}
     assert [name for name in names if method_spec(name).precision_plan] == ["adaq_lora"]
     assert [name for name in names if not method_spec(name).trains] == ["base"]

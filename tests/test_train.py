@@ -10,8 +10,10 @@ from torch.utils.checkpoint import checkpoint
 from adaq_lora import AdaQConfig
 from adaq_lora.scoring.evaluate import generate_answers
 from adaq_lora.config import TrainConfig
+from adaq_lora.data import build_example, collate_examples, pad_token_id
 from adaq_lora.training import set_gradient_checkpointing, train
 from adaq_lora.training.loop import TrainResult, load_checkpoint, micro_batch_order, save_checkpoint
+from adaq_lora.training.step import training_loss
 from adaq_lora.tuners import method_names, prepare
 from conftest import make_tiny_llama
 
@@ -81,6 +83,21 @@ def test_the_recorded_cross_entropy_leaves_out_only_the_orthogonality_term(metho
     assert len(result.lm_losses) == len(result.losses) == 1
     assert result.losses[0] - result.lm_losses[0] == pytest.approx(expected_gap, rel=1e-4, abs=1e-6)
     assert (expected_gap > 0) == (method == "adaq_lora")
+
+
+def test_peft_adaloras_cross_entropy_is_recorded_without_its_orthogonality_term(smol_tokenizer):
+    """PEFT's AdaLoRA adds its term to the loss inside its forward; the recorded C is the wrapped model's loss."""
+    torch.manual_seed(0)
+    tuner = prepare(make_tiny_llama(vocab_size=len(smol_tokenizer)), "peft-adalora",
+                    AdaQConfig(r=4, init_r=4, target_r=2, t_init=1, t_final=1, total_steps=3, lora_dropout=0.0))
+    tuner.model.train()
+    batch = collate_examples([build_example(record, smol_tokenizer, 48) for record in RECORDS[:2]],
+                             pad_token_id(smol_tokenizer))
+    loss, cross_entropy = training_loss(tuner, batch)
+    with torch.no_grad():
+        wrapped = tuner.model.base_model.model(**batch).loss  # transformers' loss, PEFT's forward bypassed
+    assert float(cross_entropy) == pytest.approx(float(wrapped), rel=1e-6)
+    assert float(loss) - float(cross_entropy) > 1e-4  # PEFT's term, 0.5 × a mean of norms, is in the loss only
 
 
 def test_the_same_seed_gives_the_same_losses_and_another_seed_does_not(smol_tokenizer):

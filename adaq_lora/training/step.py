@@ -87,8 +87,8 @@ def training_loss(tuner: Tuner, batch: dict) -> tuple[torch.Tensor, torch.Tensor
     regularizer = tuner.regularizer()
     model = tuner.replica or loss_model(tuner)  # under torchrun through DDP, whose backward averages the gradients
     output = model(**batch, use_cache=False)
-    cross_entropy = output if isinstance(output, torch.Tensor) else output.loss
-    return (cross_entropy if regularizer is None else cross_entropy + regularizer), cross_entropy
+    loss = output if isinstance(output, torch.Tensor) else output.loss
+    return (loss if regularizer is None else loss + regularizer), tuner.cross_entropy(loss)
 
 
 def training_step(tuner: Tuner, batches: list[dict], optimizer: torch.optim.Optimizer,

@@ -1,16 +1,19 @@
 """The paper's methods as one call on any causal LM (book chapters 1, 3, 4 and 6).
 
-| method      | frozen base             | trainable                                | paper          |
-|-------------|-------------------------|------------------------------------------|----------------|
-| `base`      | everything              | nothing (the "GLM2" rows of Tables 1-2)  | Sec. 3         |
-| `full`      | nothing                 | every weight (small models only)         | Sec. 1         |
-| `lora`      | full precision          | B A on the target matrices               | Eq. 1          |
-| `qlora`     | 4-bit NF4, double quant | B A on the target matrices               | QLoRA          |
-| `adalora`   | full precision          | P Λ Q with the rank budget               | Eqs. 5-7       |
-| `adaq_lora` | 4-bit NF4, double quant | P Λ Q with the rank budget               | the paper's    |
+| method          | frozen base             | trainable                               | paper       |
+|-----------------|-------------------------|-----------------------------------------|-------------|
+| `base`          | everything              | nothing (the "GLM2" rows of Tables 1-2) | Sec. 3      |
+| `full`          | nothing                 | every weight (small models only)        | Sec. 1      |
+| `lora`          | full precision          | B A on the target matrices              | Eq. 1       |
+| `qlora`         | 4-bit NF4, double quant | B A on the target matrices              | QLoRA       |
+| `adalora`       | full precision          | P Λ Q with the rank budget              | Eqs. 5-7    |
+| `adaq_lora`     | by the precision plan   | P Λ Q with the rank budget              | the paper's |
+| `adaq_lora_nf4` | 4-bit NF4, double quant | P Λ Q with the rank budget              | ablation    |
 
 Kept apart as PEFT keeps its tuners: the layers live in `adapters/` (`lora.py`, `svd_adapter.py`), the 4-bit storage
-in `quant/`; this module only decides which layer goes where, and registers the six in `tuners.registry`.
+in `quant/`; this module only decides which layer goes where, and registers the seven in `tuners.registry`.
+`adaq_lora_nf4` is ADAQ-LoRA with QLoRA's storage (as `precision_budget_bits=None` would give): set beside `qlora` it
+judges the SVD adapters and the rank budget alone, set beside `adaq_lora` the precision plan alone.
 """
 from __future__ import annotations
 
@@ -144,3 +147,4 @@ _register("lora", "+LoRA", "lora", False)
 _register("qlora", "+QLoRA", "lora", True)
 _register("adalora", "+AdaLoRA", "svd", False)
 _register("adaq_lora", "+ADAQ-LoRA", "svd", True, precision_plan=True)
+_register("adaq_lora_nf4", "+ADAQ-LoRA, QLoRA's storage", "svd", True)  # the ablation: no precision plan

@@ -3,10 +3,15 @@
 They run through the same training loop, data and evaluation as our methods, so the tables and the benchmarks
 compare like with like. The 4-bit peers sit on the same bitsandbytes NF4 base that `quant/quantize.py` builds for
 ours. PEFT's AdaLoRA adds its own orthogonality term inside the forward pass (a mean of unsquared norms, weight
-0.5 by default) and needs `update_and_allocate(step)` after each optimizer step, which the loop calls here.
+0.5 by default) and needs `update_and_allocate(step)` after each optimizer step, which the loop calls here. The
+cross-entropy it reports (`lm_losses`, comparable across methods) is the wrapped transformers model's loss, copied
+before PEFT adds that term.
 `peft_config` is the one place our `AdaQConfig` names are said in PEFT's: the peers and the export both use it.
 """
 from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -34,13 +39,33 @@ def peft_config(adapter: str, config: AdaQConfig, target_modules, orth_reg_weigh
                          orth_reg_weight=orth_reg_weight, total_step=config.total_steps, **common)
 
 
+@dataclass
 class PeftTuner(Tuner):
     """A PEFT model driven by our loop; AdaLoRA's budget lives in PEFT's own rank allocator."""
 
-    global_step: int = 0
+    global_step: int = 0  # PEFT's AdaLoRA counts its steps itself
+    _cross_entropy: torch.Tensor | None = None  # transformers' loss of the last forward, before PEFT's term
+
+    def __post_init__(self):
+        # PEFT calls the wrapped model's `forward` directly, past any hook, so its forward is wrapped on the instance
+        # (as accelerate's hooks do) to keep a copy of transformers' loss before PEFT's AdaLoRA adds to it in place
+        wrapped = self.model.base_model.model
+        forward = wrapped.forward
+
+        @functools.wraps(forward)
+        def recording_forward(*args, **kwargs):
+            output = forward(*args, **kwargs)
+            loss = getattr(output, "loss", None)
+            self._cross_entropy = None if loss is None else loss.detach().clone()
+            return output
+
+        wrapped.forward = recording_forward
 
     def regularizer(self) -> torch.Tensor | None:
         return None  # PEFT's AdaLoRA adds it to outputs.loss itself; LoRA has none
+
+    def cross_entropy(self, loss: torch.Tensor) -> torch.Tensor:
+        return loss if self._cross_entropy is None else self._cross_entropy
 
     def _peft_allocator(self):
         return getattr(self.model.base_model, "rankallocator", None)

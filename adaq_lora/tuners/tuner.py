@@ -44,6 +44,10 @@ class Tuner:
             return None
         return self.config.orth_reg_weight * orthogonal_regularizer(self.model)
 
+    def cross_entropy(self, loss: torch.Tensor) -> torch.Tensor:
+        """C alone, from the `loss` the model's forward returned (ours: C itself; PEFT's AdaLoRA adds a term)."""
+        return loss
+
     def after_optimizer_step(self, optimizer: torch.optim.Optimizer | None = None) -> int | None:
         """Run after optimizer.step(), before zero_grad(); returns the rank budget in force, if any.
 

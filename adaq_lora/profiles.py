@@ -65,6 +65,24 @@ class Profile:
         if self.device not in DEVICES:
             raise ValueError(f"profile field device={self.device!r} is not valid; valid: {', '.join(DEVICES)}")
 
+    @property
+    def base_dtype(self):
+        """The torch dtype the base model is loaded in: the adapter section's compute dtype ("auto": float32 on the
+        CPU, bfloat16 on CUDA, as `quant.quantize.compute_dtype_for` picks for the 4-bit layers)."""
+        import torch
+
+        if self.adapter.compute_dtype == "auto":
+            return torch.bfloat16 if self.device == "cuda" else torch.float32
+        return getattr(torch, self.adapter.compute_dtype)
+
+    def dataset(self, table_key: str) -> str:
+        """The profile's data set whose name holds `table_key` ("school_math" or "alpaca"), stand-in or hub id."""
+        found = [name for name in self.datasets if table_key in name.lower().replace("-", "_")]
+        if not found:
+            raise ValueError(f"profile {self.name!r} has no data set matching {table_key!r}; its data sets: "
+                             f"{', '.join(self.datasets)}")
+        return found[0]
+
     def to_dict(self) -> dict:
         """The profile as its JSON file nests it, with its name; the sections without the fields a run sets."""
         data = {field.name: getattr(self, field.name) for field in fields(self) if field.name not in SECTIONS}

@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from adaq_lora.grid.claims import CONTRADICTED, NOT_RESOLVED, REPRODUCED, check_claims, claims_markdown, score_verdict
+from adaq_lora.grid.claims import (CONTRADICTED, NOT_RESOLVED, REPRODUCED, check_ablations, check_claims, claims_markdown,
+                                   score_verdict)
 
 
 def write_run(folder, method, per_example_avg, memory_mb, dataset="school_math", seed=0, profile="ci",
@@ -56,13 +57,41 @@ def test_accuracy_is_judged_beside_avg_where_the_runs_have_it(tmp_path):
     assert [(c.evidence.split()[0], c.verdict) for c in checks] == [("Avg", NOT_RESOLVED), ("accuracy", REPRODUCED)]
 
 
-def test_seeds_are_pooled_and_other_profiles_never_answer_for_each_other(tmp_path):
+def test_seeds_are_judged_together_per_prompt_and_other_profiles_never_answer_for_each_other(tmp_path):
     results = [write_run(tmp_path, method, [0.5 + 0.1 * (method == "adaq_lora")] * 4, 100.0, seed=seed)
                for method in ("adaq_lora", "qlora") for seed in (0, 1, 2)]
     results.append(write_run(tmp_path, "lora", [0.1] * 4, 100.0, profile="cpu"))
     checks = check_claims(results)
     assert {c.group for c in checks} == {"SmolLM2-135M-Instruct, ci, school_math"}  # the cpu lora run has no adaq_lora
-    assert "over 12 pairs, 3 seed(s)" in next(c.evidence for c in checks if "ROUGE" in c.claim)
+    assert "over 4 test prompts, each the mean of 3 seed(s)" in next(c.evidence for c in checks if "ROUGE" in c.claim)
+
+
+def test_a_prompt_s_score_is_its_mean_over_the_seeds_so_seed_noise_cancels(tmp_path):
+    # seed 0 favours ADAQ-LoRA on every prompt by 0.2, seed 1 favours QLoRA by 0.2: over both, a tie
+    results = [write_run(tmp_path, "adaq_lora", [0.5 + (0.2 if seed == 0 else 0.0)] * 20, 100.0, seed=seed)
+               for seed in (0, 1)]
+    results += [write_run(tmp_path, "qlora", [0.5 + (0.2 if seed == 1 else 0.0)] * 20, 100.0, seed=seed)
+                for seed in (0, 1)]
+    check = next(c for c in check_claims(results) if "ROUGE performance" in c.claim)
+    assert "Avg 0.6000 vs 0.6000" in check.evidence and "[+0.0000, +0.0000]" in check.evidence
+    assert check.verdict == NOT_RESOLVED
+
+
+def test_a_seed_whose_prompts_differ_from_another_seed_s_is_refused(tmp_path):
+    results = [write_run(tmp_path, m, [0.5] * 4, 100.0, seed=0) for m in ("adaq_lora", "qlora")]
+    results += [write_run(tmp_path, m, [0.5] * 4, 100.0, seed=1, prompts={0: "another question"})
+                for m in ("adaq_lora", "qlora")]
+    with pytest.raises(ValueError, match="school_math-ci-1.adaq_lora.result.json and .*school_math-ci-0"):
+        check_claims(results)
+
+
+def test_the_ablations_judge_the_precision_plan_and_the_svd_adapters_apart(tmp_path):
+    results = [write_run(tmp_path, "adaq_lora", [0.5] * 40, 100.0), write_run(tmp_path, "adaq_lora_nf4", [0.5] * 40, 120.0),
+               write_run(tmp_path, "qlora", [0.3] * 40, 120.0)]
+    checks = {c.claim.split(":")[0]: c for c in check_ablations(results)}
+    assert checks["the precision plan alone"].verdict == NOT_RESOLVED
+    assert checks["the SVD adapters and rank budget alone"].verdict == REPRODUCED
+    assert "(qlora)" in checks["the SVD adapters and rank budget alone"].evidence
 
 
 def test_runs_of_different_test_prompts_are_refused_as_pairs(tmp_path):

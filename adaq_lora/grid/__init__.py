@@ -1,6 +1,6 @@
 """The paper's grid and its report (Sec. 3; book chapters 7 and 8): one cell run and recorded (`experiment`),
-Tables 1-2 regenerated beside the published rows (`tables`), the paper's claims judged (`claims`), and the
-`adaq-lora` command line (`cli`)."""
+Tables 1-2 regenerated beside the published rows (`tables`), the paper's claims judged (`claims`), what a test set of
+its size can resolve (`power`), and the `adaq-lora` command line (`cli`)."""
 from .experiment import plan_experiment, run_experiment
 from .tables import build_tables, collect_results
 

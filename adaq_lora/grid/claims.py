@@ -3,15 +3,19 @@
 The claims are the paper's own sentences on Tables 1 and 2 (`PAPER_CLAIMS`): on each data set ADAQ-LoRA improves
 on the untrained model, on LoRA and on QLoRA, with memory reduced by a stated margin (Alpaca_Chinese: 80% against
 LoRA, 5% against QLoRA; School_math: 75% and 30%). Our runs are grouped by model, profile and data set, so runs of
-another model or profile never answer for each other, and the seeds of a group are pooled.
+another model or profile never answer for each other.
 
-- A score claim is tested by a paired bootstrap over the same test examples (`metrics.paired_bootstrap`), on the
-  Avg the tables report and, where the runs have it, on answer accuracy. The pairs must be the same prompts with the
-  same references, seed by seed, or the comparison is refused. REPRODUCED when the whole 95% interval of the
-  difference lies above zero, CONTRADICTED when it lies below, NOT RESOLVED otherwise: a null result is not read
-  as agreement.
+- A score claim is tested by a paired bootstrap over the test prompts (`metrics.paired_bootstrap`), on the Avg the
+  tables report and, where the runs have it, on answer accuracy. Seeds are judged together: each prompt's score is
+  its mean over the seeds both methods ran, so the test prompts, not the prompt-seed pairs, are what is resampled.
+  The pairs must be the same prompts with the same references in every run, or the comparison is refused.
+  REPRODUCED when the whole 95% interval of the difference lies above zero, CONTRADICTED when it lies below, NOT
+  RESOLVED otherwise: a null result is not read as agreement.
 - A memory claim is judged against its margin: REPRODUCED when our measured peaks are at least that much apart,
   CONTRADICTED otherwise (a smaller saving than claimed does not support the claim).
+- `check_ablations` judges the two halves of our ADAQ-LoRA apart, the same way: the precision plan alone
+  (`adaq_lora` against `adaq_lora_nf4`, which stores the base as QLoRA does) and the SVD adapters with the rank
+  budget alone (`adaq_lora_nf4` against `qlora`). These are our questions, not the paper's claims.
 
 The verdicts are computed; nothing here is typed but the paper's sentences and margins.
 """
@@ -38,6 +42,10 @@ PAPER_CLAIMS = {  # table → (the paper's words, the method compared, the memor
         ("compared to the QLoRA method ... improves ROUGE performance metrics", "qlora", None),
         ("compared to the QLoRA method, ADAQ-LoRA reduces memory by 30%", "qlora", 0.70)),
 }
+ABLATIONS = (  # our questions: (what is judged, the run with it, the run without it)
+    ("the precision plan alone: ADAQ-LoRA against ADAQ-LoRA with QLoRA's storage", "adaq_lora", "adaq_lora_nf4"),
+    ("the SVD adapters and rank budget alone: ADAQ-LoRA with QLoRA's storage against QLoRA", "adaq_lora_nf4", "qlora"),
+)
 SCORED = {"avg": "Avg", "accuracy": "accuracy"}  # what a score claim is judged on, where the runs have it
 
 
@@ -62,45 +70,82 @@ def recorded_rows(result: dict) -> list[dict]:
 
 
 def paired_scores(ours: list[dict], theirs: list[dict], metric: str,
-                  read=recorded_rows) -> tuple[list[float], list[float]] | None:
-    """Per-example `metric` of two methods' runs, seed by seed, pooled; None where a run lacks the metric.
+                  read=recorded_rows) -> tuple[list[float], list[float], int] | None:
+    """Per-prompt `metric` of two methods, each the mean over the seeds both ran, and that number of seeds; None where
+    they share no seed or a run lacks the metric.
 
     `read` gives a run's prediction rows (`recorded_rows`, or a caching wrapper of it)."""
     by_seed = {r["seed"]: r for r in theirs}
-    a, b = [], []
+    pairs, first, asked = [], None, None
     for run in sorted(ours, key=lambda r: r["seed"]):
         if run["seed"] not in by_seed:
             continue
-        rows_a, rows_b = read(run), read(by_seed[run["seed"]])
-        if [(r["prompt"], r["reference"]) for r in rows_a] != [(r["prompt"], r["reference"]) for r in rows_b]:
-            raise ValueError(f"{run['path']} and {by_seed[run['seed']]['path']} do not hold the same test prompts "
-                             "and references: they cannot be paired; rerun one of them")
+        other = by_seed[run["seed"]]
+        rows_a, rows_b = read(run), read(other)
+        if first is None:
+            first, asked = run, _prompts(rows_a)
+        for compared, rows in ((run, rows_a), (other, rows_b)):
+            if _prompts(rows) != asked:
+                raise ValueError(f"{compared['path']} and {first['path']} do not hold the same test prompts and "
+                                 "references: they cannot be paired; rerun one of them")
         if any(metric not in r["scores"] for r in rows_a + rows_b):
             return None
-        a += [r["scores"][metric] for r in rows_a]
-        b += [r["scores"][metric] for r in rows_b]
-    return (a, b) if a else None
+        pairs.append(([r["scores"][metric] for r in rows_a], [r["scores"][metric] for r in rows_b]))
+    if not pairs:
+        return None
+    ours_mean, theirs_mean = ([sum(scores) / len(pairs) for scores in zip(*(pair[side] for pair in pairs))]
+                              for side in (0, 1))
+    return ours_mean, theirs_mean, len(pairs)
+
+
+def _prompts(rows: list[dict]) -> list[tuple[str, str]]:
+    return [(r["prompt"], r["reference"]) for r in rows]
 
 
 def score_verdict(low: float, high: float) -> str:
     return REPRODUCED if low > 0 else CONTRADICTED if high < 0 else NOT_RESOLVED
 
 
-def check_claims(results: list[dict]) -> list[ClaimCheck]:
-    """Every claim of the paper on every group of runs that holds ADAQ-LoRA and the method it is compared with."""
+def group_runs(results: list[dict]) -> dict[tuple[str, str, str], dict[str, list[dict]]]:
+    """(model, profile, data set) → method → its runs, one per seed."""
     groups: dict[tuple, dict[str, list[dict]]] = {}
     for result in results:
         key = (Path(result["model"]).name, result["profile"], result["dataset"])
         groups.setdefault(key, {}).setdefault(result["method"], []).append(result)
-    read_rows: dict[str, list[dict]] = {}  # each predictions.jsonl read once, however many claims pair it
+    return dict(sorted(groups.items()))
+
+
+def caching_reader():
+    """`recorded_rows`, reading each predictions.jsonl once however many comparisons pair it."""
+    rows: dict[str, list[dict]] = {}
 
     def read(run: dict) -> list[dict]:
-        if run["path"] not in read_rows:
-            read_rows[run["path"]] = recorded_rows(run)
-        return read_rows[run["path"]]
+        if run["path"] not in rows:
+            rows[run["path"]] = recorded_rows(run)
+        return rows[run["path"]]
 
+    return read
+
+
+def score_checks(group: str, claim: str, ours: list[dict], theirs: list[dict], other: str, read) -> list[ClaimCheck]:
+    """One paired test of `ours` against `theirs` per metric of `SCORED` that both have."""
     checks = []
-    for (model, profile, dataset), runs in sorted(groups.items()):
+    for metric, label in SCORED.items():
+        pairs = paired_scores(ours, theirs, metric, read)
+        if pairs is None:
+            continue
+        a, b, seeds = pairs
+        low, high = paired_bootstrap({metric: a}, {metric: b}, metric=metric).interval
+        checks.append(ClaimCheck(group, claim, f"{label} {sum(a) / len(a):.4f} vs {sum(b) / len(b):.4f} ({other}), "
+                                 f"difference 95% CI [{low:+.4f}, {high:+.4f}] over {len(a)} test prompts, "
+                                 f"each the mean of {seeds} seed(s)", score_verdict(low, high)))
+    return checks
+
+
+def check_claims(results: list[dict]) -> list[ClaimCheck]:
+    """Every claim of the paper on every group of runs that holds ADAQ-LoRA and the method it is compared with."""
+    read, checks = caching_reader(), []
+    for (model, profile, dataset), runs in group_runs(results).items():
         table = table_for(dataset)
         if table is None or "adaq_lora" not in runs:
             continue
@@ -110,18 +155,18 @@ def check_claims(results: list[dict]) -> list[ClaimCheck]:
                 continue
             if memory_ratio is not None:
                 checks.append(memory_check(group, claim, runs["adaq_lora"], runs[other], memory_ratio))
-                continue
-            for metric, label in SCORED.items():
-                pairs = paired_scores(runs["adaq_lora"], runs[other], metric, read)
-                if pairs is None:
-                    continue
-                test = paired_bootstrap({metric: pairs[0]}, {metric: pairs[1]}, metric=metric)
-                low, high = test.interval
-                mean_a, mean_b = sum(pairs[0]) / len(pairs[0]), sum(pairs[1]) / len(pairs[1])
-                seeds = len({r["seed"] for r in runs["adaq_lora"]} & {r["seed"] for r in runs[other]})
-                checks.append(ClaimCheck(group, claim, f"{label} {mean_a:.4f} vs {mean_b:.4f} ({other}), difference "
-                                         f"95% CI [{low:+.4f}, {high:+.4f}] over {len(pairs[0])} pairs, "
-                                         f"{seeds} seed(s)", score_verdict(low, high)))
+            else:
+                checks += score_checks(group, claim, runs["adaq_lora"], runs[other], other, read)
+    return checks
+
+
+def check_ablations(results: list[dict]) -> list[ClaimCheck]:
+    """The precision plan and the SVD adapters with their budget, each judged alone (`ABLATIONS`), where run."""
+    read, checks = caching_reader(), []
+    for (model, profile, dataset), runs in group_runs(results).items():
+        for question, ours, other in ABLATIONS:
+            if ours in runs and other in runs:
+                checks += score_checks(f"{model}, {profile}, {dataset}", question, runs[ours], runs[other], other, read)
     return checks
 
 
@@ -134,7 +179,7 @@ def memory_check(group: str, claim: str, ours: list[dict], theirs: list[dict], c
                       f"{claimed_ratio:.2f}×)", REPRODUCED if ratio <= claimed_ratio else CONTRADICTED)
 
 
-def claims_markdown(checks: list[ClaimCheck]) -> str:
-    lines = ["| runs | claim (the paper's words, Sec. 3) | ours | verdict |", "|---|---|---|---|"]
+def claims_markdown(checks: list[ClaimCheck], heading: str = "claim (the paper's words, Sec. 3)") -> str:
+    lines = [f"| runs | {heading} | ours | verdict |", "|---|---|---|---|"]
     lines += [f"| {c.group} | {c.claim} | {c.evidence} | {c.verdict} |" for c in checks]
     return "\n".join(lines)

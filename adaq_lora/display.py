@@ -1,7 +1,9 @@
 """Showing the package's own code and numbers inside the book's chapters (all chapters).
 
 The chapters teach the code that runs, not a copy of it: `show_source` prints a function or class from this
-package as the chapter's listing, and `show_markdown` lets a chapter state a measured number in prose.
+package as the chapter's listing, and `show_markdown` lets a chapter state a measured number in prose. The figures
+more than one chapter draws, or too long to read in a cell, are drawn here: `memory_bars` (memory by category) and
+`precision_plan_maps` (a precision plan over the decoder).
 """
 from __future__ import annotations
 
@@ -21,3 +23,53 @@ def show_markdown(text: str) -> "IPython.display.Markdown":
     from IPython.display import Markdown
 
     return Markdown(text)
+
+
+def memory_bars(ax, breakdowns: dict, title: str = "", unit: str = "MB", totals: bool = True) -> None:
+    """One stacked bar per label of `breakdowns` (label → `MemoryBreakdown`), a segment per memory category, its
+    total on top: the figure of the preface (predicted) and of chapter 6 (measured). `unit` "GiB" divides by 1024."""
+    import numpy as np
+    from matplotlib import pyplot as plt
+
+    scale = 1024 if unit == "GiB" else 1
+    first = next(iter(breakdowns.values()))
+    categories = list(first.categories_mb)
+    colors = plt.cm.tab10(np.arange(len(categories)))
+    for position, (label, breakdown) in enumerate(breakdowns.items()):
+        bottom = 0.0
+        for color, category in zip(colors, categories):
+            value = breakdown.categories_mb[category] / scale
+            ax.bar(position, value, 0.6, bottom=bottom, color=color,
+                   label=category.replace("_", " ") if position == 0 else None)
+            bottom += value
+        if totals:
+            ax.text(position, bottom, f"{bottom:.1f}" if scale > 1 else f"{bottom:.0f}", ha="center", va="bottom",
+                    fontsize=8)
+    ax.set_xticks(range(len(breakdowns)), [label.replace(", ", ",\n") for label in breakdowns], fontsize=8)
+    ax.set_ylabel(f"peak memory of one training step ({unit})")
+    ax.set_title(title)
+
+
+def precision_plan_maps(plan) -> "matplotlib.figure.Figure":
+    """Two maps of a `PrecisionPlan` over the decoder (matrix type × layer): each matrix's importance (log10 of the
+    loss NF4 storage would cost) and the bits per weight the plan gave it (chapter 6)."""
+    import numpy as np
+    from matplotlib import pyplot as plt
+
+    decoder = {name: precision for name, precision in plan.precisions.items() if ".layers." in name}
+    kinds = list(dict.fromkeys(name.rsplit(".", 1)[-1] for name in decoder))
+    layers = sorted({int(name.split(".layers.")[1].split(".")[0]) for name in decoder})
+    bits, importance = np.full((len(kinds), len(layers)), np.nan), np.full((len(kinds), len(layers)), np.nan)
+    for name, precision in decoder.items():
+        cell = kinds.index(name.rsplit(".", 1)[-1]), layers.index(int(name.split(".layers.")[1].split(".")[0]))
+        bits[cell] = {"nf4": 4, "int8": 8, "bf16": 16}[precision]
+        importance[cell] = np.log10(plan.importance[name] + 1e-30)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.6))
+    for ax, values, style, label, title in (
+            (axes[0], importance, dict(cmap="viridis"), "log10 ΔL of NF4 storage", "importance of each frozen decoder matrix"),
+            (axes[1], bits, dict(cmap="coolwarm", vmin=4, vmax=16), "bits per weight",
+             f"the plan at {plan.budget_bits:g} bits per weight")):
+        fig.colorbar(ax.imshow(values, aspect="auto", **style), ax=ax, label=label)
+        ax.set(title=title, xlabel="decoder layer", yticks=range(len(kinds)), yticklabels=kinds)
+    fig.tight_layout()
+    return fig

@@ -100,6 +100,17 @@ def test_peft_adaloras_cross_entropy_is_recorded_without_its_orthogonality_term(
     assert float(loss) - float(cross_entropy) > 1e-4  # PEFT's term, 0.5 × a mean of norms, is in the loss only
 
 
+def test_an_observer_sees_every_step_in_order_with_its_outcome(smol_tokenizer):
+    torch.manual_seed(0)
+    tuner = prepare(make_tiny_llama(vocab_size=len(smol_tokenizer)), "adalora",
+                    AdaQConfig(r=4, init_r=4, target_r=2, t_init=1, t_final=1, total_steps=4))
+    seen = []
+    result = train(tuner, smol_tokenizer, RECORDS, TrainConfig(max_steps=4, max_length=48, progress=False),
+                   after_step=lambda step, outcome: seen.append((step, outcome.loss, outcome.budget)))
+    assert [step for step, _, _ in seen] == [1, 2, 3, 4]
+    assert [loss for _, loss, _ in seen] == result.losses and [b for _, _, b in seen] == result.budgets
+
+
 def test_the_same_seed_gives_the_same_losses_and_another_seed_does_not(smol_tokenizer):
     first = run("adalora", smol_tokenizer, steps=3)[1].losses
     assert run("adalora", smol_tokenizer, steps=3)[1].losses == first

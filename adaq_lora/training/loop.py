@@ -21,6 +21,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -30,7 +31,7 @@ from ..config import TrainConfig
 from ..data import collate_examples, pad_token_id, tokenize_records
 from ..tuners.tuner import Tuner
 from .distributed import current_world, gather_objects, refuse_sharded, replicate
-from .step import NonFiniteLoss, loss_model, make_optimizer, set_gradient_checkpointing, training_step
+from .step import NonFiniteLoss, StepOutcome, loss_model, make_optimizer, set_gradient_checkpointing, training_step
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -117,10 +118,13 @@ def load_checkpoint(path: Path, tuner: Tuner, optimizer) -> tuple[int, TrainResu
 
 
 def train(tuner: Tuner, tokenizer, train_records: list[dict], config: TrainConfig,
-          checkpoint_dir: str | Path | None = None, *, examples: list[dict] | None = None) -> TrainResult:
+          checkpoint_dir: str | Path | None = None, *, examples: list[dict] | None = None,
+          after_step: Callable[[int, StepOutcome], None] | None = None) -> TrainResult:
     """Fine-tune `tuner.model` on `train_records`; resumes from `checkpoint_dir` when it holds a checkpoint.
 
     `examples`: the records already tokenized (`data.tokenize_records`) by a run that tokenizes once.
+    `after_step(step, outcome)`: called after every optimizer step, e.g. by a chapter recording a statistic of the
+    adapters; it only observes (what it changes is not checkpointed).
     """
     if not train_records:
         raise ValueError("no training records: the training split is empty")
@@ -141,7 +145,7 @@ def train(tuner: Tuner, tokenizer, train_records: list[dict], config: TrainConfi
         refuse_sharded(model)
         tuner.replica = replicate(loss_model(tuner))
     try:
-        return _run_steps(tuner, examples, pad_id, optimizer, config, checkpoint_dir)
+        return _run_steps(tuner, examples, pad_id, optimizer, config, checkpoint_dir, after_step)
     finally:
         tuner.replica = None
         training, checkpointing, use_cache = came_in
@@ -152,7 +156,7 @@ def train(tuner: Tuner, tokenizer, train_records: list[dict], config: TrainConfi
 
 
 def _run_steps(tuner: Tuner, examples: list[dict], pad_id: int, optimizer, config: TrainConfig,
-               checkpoint_dir: str | Path | None) -> TrainResult:
+               checkpoint_dir: str | Path | None, after_step=None) -> TrainResult:
     """The loop of `train()`: resume if a checkpoint is there, then one `training_step` per optimizer step."""
     model = tuner.model
     torch.manual_seed(config.seed)
@@ -188,6 +192,8 @@ def _run_steps(tuner: Tuner, examples: list[dict], pad_id: int, optimizer, confi
         bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{tuner.config.learning_rate:.1e}",
                         **({"budget": budget} if budget is not None else {}))
+        if after_step is not None:
+            after_step(step, outcome)
         if checkpoint_dir is not None and config.checkpoint_every and step % config.checkpoint_every == 0:
             save_checkpoint(checkpoint_dir, tuner, optimizer, step, result)
     bar.close()

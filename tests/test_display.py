@@ -1,0 +1,35 @@
+"""Claims about the book's figure helpers: a stacked bar per breakdown whose segments add up to its total, and a
+precision plan's two maps holding one cell per decoder matrix at its bits."""
+import matplotlib
+
+matplotlib.use("Agg")
+import numpy as np  # noqa: E402
+from matplotlib import pyplot as plt  # noqa: E402
+
+from adaq_lora.display import memory_bars, precision_plan_maps  # noqa: E402
+from adaq_lora.measure.memory import MemoryBreakdown  # noqa: E402
+from adaq_lora.quant.precision import PrecisionPlan  # noqa: E402
+
+
+def test_memory_bars_stack_every_category_and_label_each_total():
+    breakdowns = {label: MemoryBreakdown.from_bytes({"adapters": 2**20 * a, "activations": 2**20 * b})
+                  for label, a, b in (("LoRA", 10, 30), ("QLoRA", 5, 20))}
+    fig, ax = plt.subplots()
+    memory_bars(ax, breakdowns)
+    heights = [patch.get_height() for patch in ax.patches]
+    assert len(heights) == 2 * len(next(iter(breakdowns.values())).categories_mb)
+    assert [text.get_text() for text in ax.texts] == ["40", "25"]
+    plt.close(fig)
+
+
+def test_the_plan_maps_hold_each_decoder_matrix_at_its_bits():
+    names = [f"model.layers.{layer}.{kind}" for layer in range(3) for kind in ("q_proj", "down_proj")]
+    precisions = dict(zip(names, ["nf4", "int8", "bf16", "nf4", "nf4", "int8"]))
+    plan = PrecisionPlan(budget_bits=6.0, precisions={**precisions, "model.embed_tokens": "int8"},
+                         importance={name: 10.0 ** -i for i, name in enumerate([*names, "model.embed_tokens"])},
+                         nbytes={}, parameters={})
+    fig = precision_plan_maps(plan)
+    bits = fig.axes[1].images[0].get_array()
+    assert bits.shape == (2, 3)  # two matrix types × three layers; the embedding is not a decoder matrix
+    assert np.array_equal(bits, [[4, 16, 4], [8, 4, 8]])
+    plt.close(fig)

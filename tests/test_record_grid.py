@@ -1,0 +1,38 @@
+"""Claims about the recorder of the cpu grid (scripts/record_grid.py): seed by seed, base once per data set, each
+cell's files kept under results/ and the adapters left behind, cells already recorded skipped."""
+import json
+
+from conftest import load_script
+
+record_grid = load_script("record_grid")
+
+
+def test_the_grid_runs_seed_by_seed_with_the_untrained_model_once_per_data_set():
+    cells = record_grid.cells([0, 1, 2])
+    assert len(cells) == 2 * (5 + 4 + 4)
+    assert [seed for _, _, seed in cells] == sorted(seed for _, _, seed in cells)  # a cut grid is whole seeds
+    assert [(d, s) for d, m, s in cells if m == "base"] == [("school_math", 0), ("alpaca_zh", 0)]
+    assert {m for _, m, _ in cells} == {"base", "qlora", "adaq_lora", "adaq_lora_nf4", "lora"}
+
+
+def test_a_finished_cell_keeps_its_result_and_predictions_only(tmp_path, monkeypatch):
+    monkeypatch.setattr(record_grid, "REPO", tmp_path)
+    cell = ("school_math", "qlora", 1)
+    work = record_grid.work_dir(*cell)
+    (work / "adapters").mkdir(parents=True)
+    for name in ("result.json", "predictions.jsonl", "adapters/adapter.safetensors"):
+        (work / name).write_text(json.dumps({"name": name}))
+    kept = record_grid.keep(cell, commit=False)
+    assert kept == tmp_path / "results" / "cpu" / "school_math" / "qlora" / "seed1"
+    assert sorted(p.name for p in kept.iterdir()) == ["predictions.jsonl", "result.json"]
+    assert record_grid.main(["--list", "--seeds", "1"]) == 0  # the listing skips what is kept
+
+
+def test_the_listing_names_only_cells_not_yet_recorded(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(record_grid, "REPO", tmp_path)
+    done = record_grid.recorded_dir("alpaca_zh", "lora", 0)
+    done.mkdir(parents=True)
+    (done / "result.json").write_text("{}")
+    record_grid.main(["--list", "--seeds", "0"])
+    listed = capsys.readouterr().out.split()
+    assert "alpaca_zh/lora/0" not in listed and "school_math/lora/0" in listed and len(listed) == 9

@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from adaq_lora.atomic import staged
+
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = ("school_math", "alpaca_zh")
 METHODS = ("base", "qlora", "adaq_lora", "adaq_lora_nf4", "lora")  # the claims' pairs first
@@ -51,12 +53,12 @@ def start(cell: tuple[str, str, int]) -> subprocess.Popen:
 
 
 def keep(cell: tuple[str, str, int], commit: bool) -> Path:
-    """Copy the finished cell's files into results/ (each through a temporary name), and commit them alone."""
+    """Copy the finished cell's files into results/ (each staged, then renamed: `atomic.staged`), and commit them alone."""
     target = recorded_dir(*cell)
     target.mkdir(parents=True, exist_ok=True)
     for name in KEPT:
-        shutil.copyfile(work_dir(*cell) / name, target / f".{name}.tmp")
-        os.replace(target / f".{name}.tmp", target / name)
+        with staged(target / name) as staging:
+            shutil.copyfile(work_dir(*cell) / name, staging)
     if commit:
         relative = str(target.relative_to(REPO))
         for attempt in range(5):  # another git command may hold the index for a moment

@@ -1,8 +1,10 @@
 """Showing the package's own code and numbers inside the book's chapters (all chapters).
 
 The chapters teach the code that runs, not a copy of it: `show_source` prints a function or class from this
-package as the chapter's listing, and `show_markdown` lets a chapter state a measured number in prose. The figures
-more than one chapter draws, or too long to read in a cell, are drawn here: `memory_bars` (memory by category) and
+package as the chapter's listing, and `show_markdown` renders a table computed from measured values. A chapter's
+prose lives in its Markdown cells, where a reader of the notebook sees it; `glue_values` hands the measured numbers
+to that prose by name (myst-nb's `glue`, pasted in the built book with ``{glue:text}`name:.3f` ``). The figures more
+than one chapter draws, or too long to read in a cell, are drawn here: `memory_bars` (memory by category) and
 `precision_plan_maps` (a precision plan over the decoder).
 """
 from __future__ import annotations
@@ -19,10 +21,27 @@ def show_source(obj) -> "IPython.display.Markdown":
 
 
 def show_markdown(text: str) -> "IPython.display.Markdown":
-    """Prose written from measured values (an f-string), rendered as Markdown."""
+    """Markdown built from measured values, rendered: the tables a chapter computes (prose goes in Markdown cells)."""
     from IPython.display import Markdown
 
     return Markdown(text)
+
+
+def glue_values(**values) -> None:
+    """Glue each value under its name for the Markdown cells of this notebook (myst-nb's `glue`, output hidden).
+
+    Torch and NumPy scalars are stored as Python numbers, since myst-nb formats a pasted value from its plain text
+    (`np.float64(0.5)` would not parse). Where myst-nb is not installed (Colab), the values are printed instead,
+    one `name = value` per line, so that the reader of the notebook still sees the numbers the prose names."""
+    plain = {name: value.item() if hasattr(value, "item") else value for name, value in values.items()}
+    try:
+        from myst_nb import glue
+    except ImportError:
+        print("\n".join(f"{name} = {value:.4g}" if isinstance(value, float) else f"{name} = {value}"
+                         for name, value in plain.items()))
+        return
+    for name, value in plain.items():
+        glue(name, value, display=False)
 
 
 def memory_bars(ax, breakdowns: dict, title: str = "", unit: str = "MB", totals: bool = True) -> None:

@@ -212,6 +212,19 @@ def tidy_for_reading(path: Path) -> None:
     nbformat.write(nb, path)
 
 
+GLUE_ROLE = re.compile(r"\{glue(?::\w+)?\}`([^`:]+)")  # {glue:text}`name:.3f` in a Markdown cell
+
+
+def unglued_names(path: Path) -> list[tuple[int, str]]:
+    """(cell number, name) for each value a Markdown cell pastes that no output of the executed notebook glued:
+    the built page would silently leave it out (myst-nb only warns)."""
+    nb = nbformat.read(path, as_version=4)
+    glued = {output.get("metadata", {}).get("scrapbook", {}).get("name")
+             for cell in nb.cells if cell.cell_type == "code" for output in cell.outputs}
+    return [(number, name) for number, cell in enumerate(nb.cells, 1) if cell.cell_type == "markdown"
+            for name in GLUE_ROLE.findall(cell.source) if name not in glued]
+
+
 def execute_chapter(root: Path, notebook: Path, executed: Path, profile: str, log_output: bool) -> float:
     """Execute one chapter into ``executed``; return its wall time in seconds."""
     import papermill
@@ -253,6 +266,10 @@ def execute_chapter(root: Path, notebook: Path, executed: Path, profile: str, lo
         raise BookError(f"chapter {name} failed: {type(error).__name__}: {error}") from None
     seconds = time.perf_counter() - start
     tidy_for_reading(executed)
+    if missing := unglued_names(executed):
+        raise BookError(f"chapter {name}: Markdown cells paste values that no code cell glued "
+                        f"({', '.join(f'cell {number}: {key}' for number, key in missing)}); glue each with "
+                        f"adaq_lora.display.glue_values in a cell that runs before it. Executed notebook: {executed}")
     return seconds
 
 

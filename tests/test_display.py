@@ -1,5 +1,6 @@
-"""Claims about the book's figure helpers: a stacked bar per breakdown whose segments add up to its total, and a
-precision plan's two maps holding one cell per decoder matrix at its bits."""
+"""Claims about the book's display helpers: a stacked bar per breakdown whose segments add up to its total, a
+precision plan's two maps holding one cell per decoder matrix at its bits, and values glued for the prose as plain
+numbers (printed where myst-nb is absent)."""
 import matplotlib
 
 matplotlib.use("Agg")
@@ -33,3 +34,26 @@ def test_the_plan_maps_hold_each_decoder_matrix_at_its_bits():
     assert bits.shape == (2, 3)  # two matrix types × three layers; the embedding is not a decoder matrix
     assert np.array_equal(bits, [[4, 16, 4], [8, 4, 8]])
     plt.close(fig)
+
+
+def test_glued_values_reach_myst_nb_as_plain_numbers(monkeypatch):
+    import myst_nb
+    import torch
+
+    from adaq_lora.display import glue_values
+
+    glued = []
+    monkeypatch.setattr(myst_nb, "glue", lambda name, value, display: glued.append((name, value, display)))
+    glue_values(loss=torch.tensor(2.5), share=np.float64(0.25), label="NF4")
+    assert glued == [("loss", 2.5, False), ("share", 0.25, False), ("label", "NF4", False)]
+    assert [type(value) for _, value, _ in glued] == [float, float, str]
+
+
+def test_without_myst_nb_the_values_are_printed_for_the_notebook_reader(monkeypatch, capsys):
+    import sys
+
+    from adaq_lora.display import glue_values
+
+    monkeypatch.setitem(sys.modules, "myst_nb", None)  # import fails, as in Colab
+    glue_values(loss=2.123456, steps=20)
+    assert capsys.readouterr().out.splitlines() == ["loss = 2.123", "steps = 20"]

@@ -107,3 +107,21 @@ def test_runner_leaves_one_line_per_progress_bar_in_the_executed_copy(execute_bo
     ]
     assert executed.cells[1].source.strip().endswith('profile = "ci"')
     assert executed.cells[2].outputs == [stream("stderr", "bar 3/3\n")]
+
+
+def test_a_pasted_value_that_no_cell_glued_stops_the_build_naming_cell_and_name(execute_book, tmp_path: Path,
+                                                                               monkeypatch, capsys):
+    monkeypatch.delenv("JUPYTER_PATH", raising=False)
+    (tmp_path / "book").mkdir()
+    (tmp_path / "_config.yml").write_text('title: "t"\nexecute:\n  execute_notebooks: "off"\n', encoding="utf-8")
+    (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: book/chapter\n", encoding="utf-8")
+    cells = [nbformat.v4.new_code_cell('profile = "cpu"', metadata={"tags": ["parameters"]}),
+             nbformat.v4.new_code_cell("from adaq_lora.display import glue_values\nglue_values(shown=1.5)"),
+             nbformat.v4.new_markdown_cell("Measured {glue:text}`shown:.1f`, and {glue:text}`forgotten:.2f`.")]
+    nb = nbformat.v4.new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    nbformat.write(nb, tmp_path / "book" / "chapter.ipynb")
+
+    assert execute_book.main(["--root", str(tmp_path), "--profile", "ci"]) == 1
+
+    message = capsys.readouterr().err
+    assert "cell 4: forgotten" in message and "shown" not in message.split("(")[1].split(")")[0]

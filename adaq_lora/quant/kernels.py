@@ -67,7 +67,14 @@ class KernelReport:
         return f"bitsandbytes on this CPU ({torch.backends.cpu.get_cpu_capability()}): " + "; ".join(parts)
 
 
+def _without_hub_kernel_notice(record: logging.LogRecord) -> bool:
+    """False for bitsandbytes' notice that the optional `kernels` package (a hub download) is missing: offline it
+    always is, bitsandbytes then uses its own CPU kernel, and that kernel is the one the probe below checks."""
+    return not record.getMessage().startswith("Failed to load CPU gemm_4bit_forward from kernels-community")
+
+
 def _raw_bitsandbytes():
+    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_without_hub_kernel_notice)
     try:
         import bitsandbytes
     except ImportError as error:

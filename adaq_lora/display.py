@@ -5,7 +5,8 @@ package as the chapter's listing, and `show_markdown` renders a table computed f
 prose lives in its Markdown cells, where a reader of the notebook sees it; `glue_values` hands the measured numbers
 to that prose by name (myst-nb's `glue`, pasted in the built book with ``{glue:text}`name:.3f` ``). The figures more
 than one chapter draws, or too long to read in a cell, are drawn here: `memory_bars` (memory by category) and
-`precision_plan_maps` (a precision plan over the decoder).
+`precision_plan_maps` (a precision plan over the decoder), `budget_and_loss_curves` and `rank_pattern_map` (a run
+under a rank budget and the ranks it kept).
 """
 from __future__ import annotations
 
@@ -92,3 +93,54 @@ def precision_plan_maps(plan) -> "matplotlib.figure.Figure":
         ax.set(title=title, xlabel="decoder layer", yticks=range(len(kinds)), yticklabels=kinds)
     fig.tight_layout()
     return fig
+
+
+def budget_and_loss_curves(history: dict, t_init: int, t_freeze: int, window: int = 5) -> "matplotlib.figure.Figure":
+    """A run under a rank budget, step by step (chapter 5): the budget b(t) and the visible triplets, and the two terms
+    of the loss, C (each step's and its mean over `window` steps) and γΣR; dashed at t_init and at `t_freeze` (T -
+    t_final). `history` holds the lists "budget", "visible", "cost" and "regularizer", one entry per step."""
+    import numpy as np
+    from matplotlib import pyplot as plt
+
+    steps = np.arange(1, len(history["cost"]) + 1)
+    fig, (budget_ax, loss_ax) = plt.subplots(1, 2, figsize=(12, 3.8))
+    budget_ax.plot(steps, history["budget"], lw=3, alpha=0.5, label="budget b(t)")
+    budget_ax.plot(steps, history["visible"], "k.", ms=4, label="visible triplets")
+    loss_ax.plot(steps, history["cost"], alpha=0.4, label="C (cross-entropy), per step")
+    loss_ax.plot(steps[window - 1:], np.convolve(history["cost"], np.ones(window) / window, mode="valid"),
+                 color="tab:blue", label=f"C, mean of {window} steps")
+    loss_ax.plot(steps, history["regularizer"], label="γ Σ R (Eq. 6)")
+    for ax in (budget_ax, loss_ax):
+        ax.axvline(t_init, color="tab:green", ls="--", label="t_init")
+        ax.axvline(t_freeze, color="tab:red", ls="--", label="T - t_final")
+    budget_ax.set(title="Rank budget and visible triplets", xlabel="optimizer step", ylabel="triplets (all matrices)")
+    loss_ax.set(title="The two terms of L", xlabel="optimizer step", ylabel="loss (nats per token)")
+    budget_ax.legend()
+    loss_ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+def rank_pattern_map(pattern: dict, init_r: int, target_r: int) -> tuple:
+    """The rank each adapted matrix kept (`pattern`: module name → rank) as a map, decoder layer × matrix type, each
+    cell labelled with its rank (chapter 5). Returns the figure and the map as a DataFrame (rows: layers)."""
+    import re
+
+    import numpy as np
+    import pandas as pd
+    from matplotlib import pyplot as plt
+
+    cells = {(int(re.search(r"\.(\d+)\.", name).group(1)), name.rsplit(".", 1)[-1]): rank
+             for name, rank in pattern.items()}  # (layer, matrix type) → rank
+    grid = pd.Series(cells).unstack(fill_value=0).reindex(columns=list(dict.fromkeys(kind for _, kind in cells)))
+    fig, ax = plt.subplots(figsize=(6, max(4, 0.28 * len(grid))))
+    image = ax.imshow(grid.values, cmap="viridis", vmin=0, vmax=init_r, aspect="auto")
+    for (row, col), rank in np.ndenumerate(grid.values):
+        ax.text(col, row, rank, ha="center", va="center", fontsize=7, color="white" if rank < init_r / 2 else "black")
+    ax.set_xticks(range(grid.shape[1]), [kind.replace("_proj", "") for kind in grid.columns])
+    ax.set_yticks(range(len(grid)), grid.index)
+    ax.set(title=f"Rank kept per matrix (init_r = {init_r}, average target {target_r})", xlabel="matrix type",
+           ylabel="decoder layer")
+    fig.colorbar(image, ax=ax, label="rank kept (triplets)")
+    fig.tight_layout()
+    return fig, grid

@@ -1,6 +1,7 @@
 """Claims about the book as a course text: every chapter of _toc.yml has a numbered title (the preface excepted), a
 Summary and Exercises; every chapter has a solutions notebook in the Solutions part that answers each exercise in
 order, states a prediction before computing it, and imports the package as the chapters do."""
+import ast
 import json
 import re
 
@@ -55,3 +56,45 @@ def test_every_chapter_has_solutions_that_answer_each_exercise_with_a_prediction
         assert [number for number, _ in answered] == exercises(chapter), entry
         assert all("**Prediction.**" in text for _, text in answered), entry
         assert "from adaq_lora" in code(entry), entry
+
+
+def glued_names(entry: str) -> set[str]:
+    """The names a notebook's code glues: the keywords of its `glue_values(...)` calls."""
+    names = set()
+    for tree in (ast.parse(cell) for cell in code_cells(entry) if not cell.lstrip().startswith(("!", "%"))):
+        names |= {keyword.arg for node in ast.walk(tree) if isinstance(node, ast.Call)
+                  and getattr(node.func, "id", None) == "glue_values" for keyword in node.keywords}
+    return names
+
+
+def code_cells(entry: str) -> list[str]:
+    notebook = json.loads((ROOT / f"{entry}.ipynb").read_text(encoding="utf-8"))
+    return ["".join(cell["source"]) for cell in notebook["cells"] if cell["cell_type"] == "code"]
+
+
+def test_every_number_the_prose_pastes_is_glued_by_the_same_notebook():
+    pasted_anywhere = 0
+    for entry in [*parts()["Chapters"], *parts()["Solutions"]]:
+        if not (ROOT / f"{entry}.ipynb").exists():
+            continue
+        pasted = {name for text in markdown(entry) for name in execute_book.GLUE_ROLE.findall(text)}
+        assert pasted <= glued_names(entry), (entry, sorted(pasted - glued_names(entry)))
+        pasted_anywhere += len(pasted)
+    assert pasted_anywhere > 0
+
+
+def test_no_code_cell_writes_the_argument_as_prose():
+    """Prose a reader must see lives in Markdown cells. A code cell's labels, titles and table rows are short or
+    start with "|"; a string literal of six words or more is a sentence, and a cell holds at most 25 words of them."""
+    for entry in [*parts()["Chapters"], *parts()["Solutions"]]:
+        if not (ROOT / f"{entry}.ipynb").exists():
+            continue
+        for cell in code_cells(entry):
+            if cell.lstrip().startswith(("!", "%")) or "google.colab" in cell:
+                continue
+            tree = ast.parse(cell)
+            docstrings = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Expr)}
+            sentences = [node.value for node in ast.walk(tree) if isinstance(node, ast.Constant)
+                         and isinstance(node.value, str) and id(node) not in docstrings
+                         and not node.value.lstrip().startswith("|") and len(node.value.split()) >= 6]
+            assert sum(len(text.split()) for text in sentences) <= 25, (entry, sentences)

@@ -1,13 +1,15 @@
 """Claims about the book's display helpers: a stacked bar per breakdown whose segments add up to its total, a
 precision plan's two maps holding one cell per decoder matrix at its bits, and values glued for the prose as plain
-numbers (printed where myst-nb is absent)."""
+numbers (printed where myst-nb is absent), a run's mean loss over its window and a rank pattern's map holding
+one cell per layer and matrix type."""
 import matplotlib
 
 matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 from matplotlib import pyplot as plt  # noqa: E402
 
-from adaq_lora.display import memory_bars, precision_plan_maps  # noqa: E402
+from adaq_lora.display import (budget_and_loss_curves, memory_bars, precision_plan_maps,  # noqa: E402
+                               rank_pattern_map)
 from adaq_lora.measure.memory import MemoryBreakdown  # noqa: E402
 from adaq_lora.quant.precision import PrecisionPlan  # noqa: E402
 
@@ -57,3 +59,23 @@ def test_without_myst_nb_the_values_are_printed_for_the_notebook_reader(monkeypa
     monkeypatch.setitem(sys.modules, "myst_nb", None)  # import fails, as in Colab
     glue_values(loss=2.123456, steps=20)
     assert capsys.readouterr().out.splitlines() == ["loss = 2.123", "steps = 20"]
+
+
+def test_the_loss_panel_averages_the_cost_over_its_window():
+    history = {"budget": [8, 8, 6, 4], "visible": [8, 8, 6, 4], "cost": [1.0, 3.0, 5.0, 7.0],
+               "regularizer": [0.1, 0.1, 0.1, 0.1]}
+    fig = budget_and_loss_curves(history, t_init=2, t_freeze=3, window=2)
+    budget_ax, loss_ax = fig.axes
+    assert list(budget_ax.lines[0].get_ydata()) == [8, 8, 6, 4]
+    assert list(loss_ax.lines[1].get_ydata()) == [2.0, 4.0, 6.0]  # C, mean of 2 steps, from step 2 on
+    plt.close(fig)
+
+
+def test_the_rank_pattern_map_holds_each_matrix_at_its_layer_and_type():
+    pattern = {f"model.layers.{layer}.{kind}": rank for layer, kind, rank in
+               ((0, "q_proj", 4), (0, "down_proj", 0), (1, "q_proj", 2), (1, "down_proj", 6))}
+    fig, grid = rank_pattern_map(pattern, init_r=8, target_r=3)
+    assert list(grid.columns) == ["q_proj", "down_proj"] and list(grid.index) == [0, 1]
+    assert np.array_equal(fig.axes[0].images[0].get_array(), [[4, 0], [2, 6]])
+    assert grid.values.sum() == 12
+    plt.close(fig)

@@ -106,3 +106,8 @@ def test_a_run_without_predictions_is_named(tmp_path):
     (tmp_path / "school_math-ci-0" / "base" / "predictions.jsonl").unlink()
     with pytest.raises(ValueError, match=r"base.predictions\.jsonl is missing"):
         check_claims(results)
+
+
+def test_runs_with_nothing_to_compare_say_so_instead_of_an_empty_table():
+    text = claims_markdown(check_claims([]))
+    assert "|" not in text and text.startswith("*Nothing to judge yet")

@@ -41,3 +41,8 @@ def test_the_statement_sets_our_test_set_beside_the_paper_s_and_its_published_ga
     assert avg.paper_gap == pytest.approx(0.4057 - 0.3989) and rows["alpaca_zh", "Avg"].paper_gap == pytest.approx(0.0021)
     assert rows["school_math", "accuracy"].paper_gap is None  # the paper reports no accuracy
     assert "| 49,600 |" in power_markdown(list(rows.values())) and "none published" in power_markdown(list(rows.values()))
+
+
+def test_runs_with_nothing_to_compare_give_a_sentence_not_an_empty_table():
+    text = power_markdown(power_rows([]))
+    assert "|" not in text and text.startswith("*Nothing to size yet")

@@ -180,6 +180,9 @@ def memory_check(group: str, claim: str, ours: list[dict], theirs: list[dict], c
 
 
 def claims_markdown(checks: list[ClaimCheck], heading: str = "claim (the paper's words, Sec. 3)") -> str:
+    """The checks as a table; with none, a sentence saying why, not a table of headers alone."""
+    if not checks:
+        return "*Nothing to judge yet: these runs hold no pair of methods that a claim compares on one data set.*\n"
     lines = [f"| runs | {heading} | ours | verdict |", "|---|---|---|---|"]
     lines += [f"| {c.group} | {c.claim} | {c.evidence} | {c.verdict} |" for c in checks]
     return "\n".join(lines)

@@ -80,6 +80,9 @@ def power_rows(results: list[dict], power: float = 0.8, alpha: float = 0.05) -> 
 
 
 def power_markdown(rows: list[PowerRow], power: float = 0.8) -> str:
+    """The rows as a table; with none, a sentence saying why."""
+    if not rows:
+        return "*Nothing to size yet: these runs hold no pair of methods compared on the same test prompts.*\n"
     lines = [f"| runs | difference | metric | our prompts × seeds | per-prompt spread | ours | resolvable at {power:.0%} "
              "power, ours | the paper's test prompts | resolvable there, at our spread | the paper's gap |",
              "|---|---|---|---|---|---|---|---|---|---|"]

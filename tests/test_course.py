@@ -18,14 +18,27 @@ def parts() -> dict[str, list[str]]:
     return {part["caption"]: [entry["file"] for entry in part["chapters"]] for part in toc["parts"]}
 
 
-def markdown(entry: str) -> list[str]:
+def sources(entry: str, cell_type: str) -> list[str]:
     notebook = json.loads((ROOT / f"{entry}.ipynb").read_text(encoding="utf-8"))
-    return ["".join(cell["source"]) for cell in notebook["cells"] if cell["cell_type"] == "markdown"]
+    return ["".join(cell["source"]) for cell in notebook["cells"] if cell["cell_type"] == cell_type]
+
+
+def markdown(entry: str) -> list[str]:
+    return sources(entry, "markdown")
+
+
+def code_cells(entry: str) -> list[str]:
+    return sources(entry, "code")
 
 
 def code(entry: str) -> str:
-    notebook = json.loads((ROOT / f"{entry}.ipynb").read_text(encoding="utf-8"))
-    return "\n".join("".join(cell["source"]) for cell in notebook["cells"] if cell["cell_type"] == "code")
+    return "\n".join(code_cells(entry))
+
+
+def python_cells(entry: str) -> list[ast.Module]:
+    """The parsed code cells, without shell or magic lines and without the Colab install cell."""
+    return [ast.parse(cell) for cell in code_cells(entry)
+            if not cell.lstrip().startswith(("!", "%")) and "google.colab" not in cell]
 
 
 def exercises(entry: str) -> list[int]:
@@ -60,16 +73,8 @@ def test_every_chapter_has_solutions_that_answer_each_exercise_with_a_prediction
 
 def glued_names(entry: str) -> set[str]:
     """The names a notebook's code glues: the keywords of its `glue_values(...)` calls."""
-    names = set()
-    for tree in (ast.parse(cell) for cell in code_cells(entry) if not cell.lstrip().startswith(("!", "%"))):
-        names |= {keyword.arg for node in ast.walk(tree) if isinstance(node, ast.Call)
-                  and getattr(node.func, "id", None) == "glue_values" for keyword in node.keywords}
-    return names
-
-
-def code_cells(entry: str) -> list[str]:
-    notebook = json.loads((ROOT / f"{entry}.ipynb").read_text(encoding="utf-8"))
-    return ["".join(cell["source"]) for cell in notebook["cells"] if cell["cell_type"] == "code"]
+    return {keyword.arg for tree in python_cells(entry) for node in ast.walk(tree) if isinstance(node, ast.Call)
+            and getattr(node.func, "id", None) == "glue_values" for keyword in node.keywords}
 
 
 def test_every_number_the_prose_pastes_is_glued_by_the_same_notebook():
@@ -78,7 +83,8 @@ def test_every_number_the_prose_pastes_is_glued_by_the_same_notebook():
         if not (ROOT / f"{entry}.ipynb").exists():
             continue
         pasted = {name for text in markdown(entry) for name in execute_book.GLUE_ROLE.findall(text)}
-        assert pasted <= glued_names(entry), (entry, sorted(pasted - glued_names(entry)))
+        unglued = pasted - glued_names(entry)
+        assert not unglued, (entry, sorted(unglued))
         pasted_anywhere += len(pasted)
     assert pasted_anywhere > 0
 
@@ -89,10 +95,7 @@ def test_no_code_cell_writes_the_argument_as_prose():
     for entry in [*parts()["Chapters"], *parts()["Solutions"]]:
         if not (ROOT / f"{entry}.ipynb").exists():
             continue
-        for cell in code_cells(entry):
-            if cell.lstrip().startswith(("!", "%")) or "google.colab" in cell:
-                continue
-            tree = ast.parse(cell)
+        for tree in python_cells(entry):
             docstrings = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Expr)}
             sentences = [node.value for node in ast.walk(tree) if isinstance(node, ast.Constant)
                          and isinstance(node.value, str) and id(node) not in docstrings

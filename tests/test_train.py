@@ -222,3 +222,25 @@ def test_a_checkpoint_keeps_every_cuda_generator_so_dropout_resumes_where_it_was
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="written on a CUDA GPU"):
         load_checkpoint(tmp_path, tuner, optimizer)
+
+
+def test_paged_adamw_on_a_cpu_is_plain_adamw_and_says_so_nowhere():
+    """Chapter 1: on a CPU there is nowhere to page to; bitsandbytes' paged AdamW then steps as torch's AdamW, and
+    its notice saying so is filtered (it would print at every run's first step)."""
+    import warnings
+
+    from adaq_lora.training.step import make_optimizer
+
+    start = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    weights = {name: torch.nn.Parameter(start.clone()) for name in ("paged_adamw", "adamw")}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        optimizers = {name: make_optimizer([w], name, 1e-2) for name, w in weights.items()}
+        for step in range(3):
+            for name, w in weights.items():
+                (w.sin().sum() * (step + 1)).backward()
+                optimizers[name].step()
+                optimizers[name].zero_grad()
+    assert not [w for w in caught if "Paged optimizers" in str(w.message)]
+    assert not torch.equal(weights["adamw"], start)
+    torch.testing.assert_close(weights["paged_adamw"], weights["adamw"], rtol=1e-5, atol=1e-6)

@@ -1,13 +1,15 @@
 """Atomic writes: a file is either its old self or complete, never half-written (book chapter 7).
 
-Every writer stages into a hidden file in the target's folder and renames it over the target: a rename within
-one file system is atomic, so a run killed mid-write leaves the previous file (or none), and a reader that finds
-a file may trust it. Results, predictions, adapters, plans, checkpoints and tables all go through here.
+Every writer stages into a hidden file (or folder) in the target's folder and renames it over the target: a rename
+within one file system is atomic, so a run killed mid-write leaves the previous file (or none), and a reader that
+finds a file may trust it. Results, predictions, adapters, plans, checkpoints, tables and the model folders of the
+cache (`cache.py`) all go through here.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +29,27 @@ def staged(path: str | Path):
     except BaseException:
         Path(staging).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def staged_folder(target: str | Path):
+    """Yield an empty folder beside `target`; on a clean exit it becomes `target`, on an error it is removed.
+
+    Two processes may build the same folder at once: the first rename wins, the second finds `target` there
+    and drops its own copy, which holds the same thing.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    try:
+        yield staging
+        try:
+            os.replace(staging, target)
+        except OSError:
+            if not target.is_dir():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

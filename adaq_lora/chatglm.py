@@ -30,7 +30,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .cache import cache_dir, staged_folder
+from .atomic import staged_folder
+from .cache import cache_dir
 from .chatglm_tokenizer import ChatGLM2Tokenizer
 
 SNAPSHOT_FILES = ["*.json", "*.bin", "*.safetensors", "tokenizer.model"]  # never *.py: that code is not run here

@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .cache import cache_dir, staged_folder
+from .atomic import staged_folder
+from .cache import cache_dir
 from .quant.kernels import import_bitsandbytes
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"

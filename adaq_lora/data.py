@@ -27,7 +27,6 @@ import torch
 
 RECORD_FIELDS = ("instruction", "input", "output")
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
-STANDIN_FILES = {"school_math": "school_math_standin.jsonl", "alpaca_zh": "alpaca_zh_standin.jsonl"}
 FILE_SUFFIXES = (".json", ".jsonl")
 _BETWEEN_ARRAY_ITEMS = re.compile(r"[\s,]*")
 IGNORE_INDEX = -100  # label value PyTorch's cross-entropy skips
@@ -52,6 +51,33 @@ class FieldMap:
         return (self.instruction, self.output)
 
 
+@dataclass(frozen=True)
+class PaperDataset:
+    """One of the paper's two sets, and every name a run may give it: the one home of "which set is this"."""
+
+    title: str  # as the paper's table captions name it
+    key: str  # a data file whose name holds this (after "-" -> "_") is taken for this set
+    standin: str  # our seeded stand-in's name (data/<standin>_standin.jsonl)
+    hub_id: str  # the paper's set on the hub
+    answer_kind: str  # how an answer is checked for accuracy: scoring/accuracy.py's ANSWER_KINDS
+
+    def names(self, dataset: str | Path) -> bool:
+        """Whether `dataset` (a stand-in name, a hub id or a file) is this set."""
+        return str(dataset) in (self.standin, self.hub_id) or self.key in Path(dataset).name.lower().replace("-", "_")
+
+
+PAPER_DATASETS = (
+    PaperDataset("Alpaca_Chinese", "alpaca", "alpaca_zh", "shibing624/alpaca-zh", "exact"),
+    PaperDataset("School_math", "school_math", "school_math", "BelleGroup/school_math_0.25M", "final_answer"),
+)
+STANDIN_FILES = {paper_set.standin: f"{paper_set.standin}_standin.jsonl" for paper_set in PAPER_DATASETS}
+
+
+def paper_dataset(dataset: str | Path) -> PaperDataset | None:
+    """The paper's set that `dataset` names, or None for a set of the user's own."""
+    return next((paper_set for paper_set in PAPER_DATASETS if paper_set.names(dataset)), None)
+
+
 # The paper's two sets, as their hub pages list the columns. Both happen to use the record's own
 # names; a set that does not gets its own entry here rather than a guess at load time.
 HUB_FIELD_MAPS = {
@@ -63,7 +89,7 @@ HUB_FIELD_MAPS = {
 def load_records(source: str | Path, field_map: FieldMap | None = None) -> list[dict]:
     """Load instruction records from a stand-in name, a JSON / JSONL path, or a hub id.
 
-    ``source`` is tried in that order: a key of ``STANDIN_FILES`` ("school_math", "alpaca_zh"), then a
+    ``source`` is tried in that order: a key of ``STANDIN_FILES`` ("alpaca_zh", "school_math"), then a
     path (a ``Path``, a name ending in .json / .jsonl, or an existing file), then a hub id loaded with
     ``datasets.load_dataset(source, split="train")``. ``field_map`` overrides the column mapping; by
     default a hub id uses its ``HUB_FIELD_MAPS`` entry and everything else the identity map.

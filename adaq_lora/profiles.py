@@ -76,8 +76,11 @@ class Profile:
         return getattr(torch, self.adapter.compute_dtype)
 
     def dataset(self, table_key: str) -> str:
-        """The profile's data set whose name holds `table_key` ("school_math" or "alpaca"), stand-in or hub id."""
-        found = [name for name in self.datasets if table_key in name.lower().replace("-", "_")]
+        """The profile's data set that is the paper's set with `table_key` ("school_math" or "alpaca"; see
+        `data.PAPER_DATASETS`): its stand-in, its hub id or a file named for it."""
+        from .data import paper_dataset  # data imports torch; a profile is read before a run needs it
+
+        found = [name for name in self.datasets if getattr(paper_dataset(name), "key", None) == table_key]
         if not found:
             raise ValueError(f"profile {self.name!r} has no data set matching {table_key!r}; its data sets: "
                              f"{', '.join(self.datasets)}")

@@ -31,7 +31,7 @@ def test_a_wrong_method_is_refused_with_every_valid_method_listed(capsys, tmp_pa
 def test_a_wrong_data_set_is_refused_naming_the_stand_ins(capsys, tmp_path):
     err = refused(["run", "--method", "lora", "--dataset", "school_maths", "--profile", "ci", "--out", str(tmp_path)],
                   capsys)
-    assert "'school_maths'" in err and "stand-in name (school_math, alpaca_zh)" in err
+    assert "'school_maths'" in err and "stand-in name (alpaca_zh, school_math)" in err
 
 
 def test_a_wrong_profile_is_refused_with_the_three_profiles_listed(capsys, tmp_path):

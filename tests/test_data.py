@@ -48,6 +48,16 @@ def write_jsonl(path, rows):
 # Loading
 
 
+def test_each_of_the_papers_sets_is_known_by_its_stand_in_its_hub_id_and_a_file_named_for_it():
+    school_math, alpaca = data.paper_dataset("school_math"), data.paper_dataset("alpaca_zh")
+    assert (school_math.title, alpaca.title) == ("School_math", "Alpaca_Chinese")
+    assert data.paper_dataset("BelleGroup/school_math_0.25M") is school_math
+    assert data.paper_dataset("/data/my-school-math.jsonl") is school_math
+    assert data.paper_dataset("shibing624/alpaca-zh") is alpaca
+    assert data.paper_dataset("/data/recipes.jsonl") is None
+    assert answer_kind("/data/recipes.jsonl") == "exact"  # a set of one's own is checked exactly
+
+
 def test_each_standin_loads_a_thousand_records_of_three_strings():
     for name in ("school_math", "alpaca_zh"):
         records = load_records(name)

@@ -3,8 +3,8 @@
 The paper's published rows are data in `adaq_lora.paper`, labelled as the paper's; nothing else in a table is typed by
 hand. Our rows come from the `result.json` files that `experiment.run_experiment` writes, named as the paper names
 its rows ("<model>+LoRA", ...), with each score's 95% bootstrap interval. Table 1 is Alpaca_Chinese, Table 2
-School_math; a run belongs to a table by its data set: the stand-in's name, the hub id, or a file whose name
-contains the table's key ("alpaca" or "school_math").
+School_math; a run belongs to a table by its data set, as `data.paper_dataset` names it: the stand-in's name, the
+hub id, or a file whose name contains the set's key ("alpaca" or "school_math").
 
 `build_tables` returns plain lists of dicts the book renders; `markdown` and `write_csv` print and save them.
 """
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..atomic import staged
+from ..data import PAPER_DATASETS, PaperDataset
 from ..paper import PAPER_MODEL_LABEL, PAPER_ROWS, PAPER_SOURCE
 from ..scoring.metrics import METRIC_NAMES
 from ..tuners.registry import method_names, method_spec
@@ -29,22 +30,17 @@ MEMORY_COLUMN = "Memory/MB"
 @dataclass(frozen=True)
 class TableSpec:
     number: int  # the paper's table number
-    dataset_title: str  # the data set as the paper's caption names it
-    key: str  # a data file whose name contains this belongs to the table
-    datasets: tuple[str, ...]  # the stand-in's name and the hub id of the paper's set
+    dataset: PaperDataset  # the paper's set it reports on
 
     @property
     def caption(self) -> str:
-        return f"Table {self.number}. Comparison results on {self.dataset_title}"
+        return f"Table {self.number}. Comparison results on {self.dataset.title}"
 
     def holds(self, dataset: str) -> bool:
-        return dataset in self.datasets or self.key in Path(dataset).name.lower()
+        return self.dataset.names(dataset)
 
 
-TABLES = (
-    TableSpec(1, "Alpaca_Chinese", "alpaca", ("alpaca_zh", "shibing624/alpaca-zh")),
-    TableSpec(2, "School_math", "school_math", ("school_math", "BelleGroup/school_math_0.25M")),
-)
+TABLES = (TableSpec(1, PAPER_DATASETS[0]), TableSpec(2, PAPER_DATASETS[1]))
 
 def collect_results(runs_dir: str | Path) -> list[dict]:
     """Every complete result.json under `runs_dir`, in path order; a half-written run has none and is not listed."""

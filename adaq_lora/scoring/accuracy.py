@@ -18,13 +18,17 @@ import re
 import unicodedata
 from fractions import Fraction
 
+from ..data import paper_dataset
+
 ANSWER_KINDS = ("final_answer", "exact")
 _NUMBER = re.compile(r"(?<![\d.])(\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)?)(?:\s*/\s*(\d+(?:\.\d+)?))?\s*(%|％)?")
 
 
 def answer_kind(dataset: str) -> str:
-    """How answers of `dataset` are checked: School_math's by their final numbers, the others exactly."""
-    return "final_answer" if "school_math" in str(dataset).lower() else "exact"
+    """How answers of `dataset` are checked: as `data.PAPER_DATASETS` says for the paper's sets (School_math's by
+    their final numbers), exactly for a set of the user's own."""
+    paper_set = paper_dataset(dataset)
+    return paper_set.answer_kind if paper_set else "exact"
 
 
 def final_line(text: str) -> str:

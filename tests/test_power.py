@@ -46,3 +46,18 @@ def test_the_statement_sets_our_test_set_beside_the_paper_s_and_its_published_ga
 def test_runs_with_nothing_to_compare_give_a_sentence_not_an_empty_table():
     text = power_markdown(power_rows([]))
     assert "|" not in text and text.startswith("*Nothing to size yet")
+
+
+def test_the_paper_s_single_runs_are_sized_at_one_seed_s_spread_which_the_seed_mean_understates(tmp_path):
+    rng = np.random.default_rng(1)
+    adaq = {seed: rng.uniform(0.2, 0.8, 100) for seed in (0, 1)}
+    qlora = {seed: adaq[seed] + rng.normal(0.0, 0.1, 100) for seed in (0, 1)}  # independent noise per seed
+    results = [write_run(tmp_path, method, list(scores[seed]), 100.0, seed=seed)
+               for method, scores in (("adaq_lora", adaq), ("qlora", qlora)) for seed in (0, 1)]
+    row, = power_rows(results, power=0.9)
+    per_seed = [adaq[seed] - qlora[seed] for seed in (0, 1)]
+    assert row.seeds == 2 and row.spread == pytest.approx(np.mean(per_seed, axis=0).std(ddof=1))
+    assert row.run_spread == pytest.approx(np.sqrt(np.mean([d.std(ddof=1) ** 2 for d in per_seed])))
+    assert row.run_spread > 1.2 * row.spread  # averaging two seeds shrinks the spread by about √2
+    assert row.paper_detectable == pytest.approx(minimum_detectable_difference(row.run_spread, 49_600, power=0.9))
+    assert "at 90% power" in power_markdown([row])

@@ -9,7 +9,9 @@ the minimum detectable difference (the normal approximation; at n = 200 Student'
 For our runs n and s are measured: n is the test set, s the spread of the per-prompt differences, each prompt's score
 being its mean over the seeds both methods ran (as `claims.paired_scores` pairs them). For the paper's test sets n is
 known (20% of each set, `paper.PAPER_SET_ROWS`) but s is not: the per-prompt scores of ChatGLM2-6B were not
-published, so ours stands in for it, and the statement says so. Beside it is the gap the paper reports between
+published, so ours stands in for it, and the statement says so. The paper reports one run per method, so what
+stands in is the spread of one seed's differences (the root mean square over our seeds), which averaging over
+seeds would understate. Beside it is the gap the paper reports between
 ADAQ-LoRA and QLoRA, so the reader can see whether its test set could have resolved it.
 """
 from __future__ import annotations
@@ -20,7 +22,7 @@ from statistics import NormalDist, stdev
 
 from ..paper import PAPER_ROWS, PAPER_SET_ROWS, PAPER_TEST_FRACTION
 from ..scoring.metrics import METRIC_NAMES
-from .claims import SCORED, caching_reader, group_runs, paired_scores
+from .claims import SCORED, caching_reader, group_runs, seed_pairs
 from .tables import table_for
 
 COMPARISONS = (("adaq_lora", "qlora"),)  # the paper's closest claim: gaps of 0.002 and 0.007 in Avg
@@ -43,12 +45,14 @@ class PowerRow:
     metric: str  # "Avg" or "accuracy"
     prompts: int  # our test prompts
     seeds: int  # seeds each prompt's score is the mean of
-    spread: float  # standard deviation of the per-prompt differences
+    spread: float  # standard deviation of the per-prompt differences, each the mean over the seeds
+    run_spread: float  # the same for one seed's run (root mean square over the seeds): one run, as the paper's
     observed: float  # our mean difference
     detectable: float  # the minimum detectable difference at our n
     paper_prompts: int | None  # the paper's test set for this data set
-    paper_detectable: float | None  # at the paper's n, with our spread standing in for its unpublished one
+    paper_detectable: float | None  # at the paper's n, with our run_spread standing in for its unpublished one
     paper_gap: float | None  # the paper's own difference (Avg only; it reports no accuracy)
+    power: float  # the power both detectable differences are sized at
 
 
 def power_rows(results: list[dict], power: float = 0.8, alpha: float = 0.05) -> list[PowerRow]:
@@ -60,35 +64,38 @@ def power_rows(results: list[dict], power: float = 0.8, alpha: float = 0.05) -> 
             if ours not in runs or other not in runs:
                 continue
             for metric, label in SCORED.items():
-                pairs = paired_scores(runs[ours], runs[other], metric, read)
-                if pairs is None or len(pairs[0]) < 2:
+                pairs = seed_pairs(runs[ours], runs[other], metric, read)
+                if pairs is None or len(pairs[0][0]) < 2:
                     continue
-                a, b, seeds = pairs
-                differences = [x - y for x, y in zip(a, b)]
+                per_seed = [[x - y for x, y in zip(a, b)] for a, b in pairs]
+                differences = [sum(column) / len(pairs) for column in zip(*per_seed)]
                 spread = stdev(differences)
+                run_spread = math.sqrt(sum(stdev(d) ** 2 for d in per_seed) / len(per_seed))
                 paper_n = round(PAPER_TEST_FRACTION * PAPER_SET_ROWS[table.number]) if table else None
                 paper_gap = None
                 if table and metric in METRIC_NAMES:
                     index = METRIC_NAMES.index(metric)
                     paper_gap = PAPER_ROWS[table.number][ours][index] - PAPER_ROWS[table.number][other][index]
+                n = len(differences)
                 rows.append(PowerRow(
-                    f"{model}, {profile}, {dataset}", f"{ours} − {other}", label, len(a), seeds, spread,
-                    sum(differences) / len(differences), minimum_detectable_difference(spread, len(a), power, alpha),
-                    paper_n, minimum_detectable_difference(spread, paper_n, power, alpha) if paper_n else None,
-                    paper_gap))
+                    f"{model}, {profile}, {dataset}", f"{ours} − {other}", label, n, len(pairs), spread, run_spread,
+                    sum(differences) / n, minimum_detectable_difference(spread, n, power, alpha), paper_n,
+                    minimum_detectable_difference(run_spread, paper_n, power, alpha) if paper_n else None, paper_gap,
+                    power))
     return rows
 
 
-def power_markdown(rows: list[PowerRow], power: float = 0.8) -> str:
-    """The rows as a table; with none, a sentence saying why."""
+def power_markdown(rows: list[PowerRow]) -> str:
+    """The rows as a table, each at the power it was sized at; with none, a sentence saying why."""
     if not rows:
         return "*Nothing to size yet: these runs hold no pair of methods compared on the same test prompts.*\n"
-    lines = [f"| runs | difference | metric | our prompts × seeds | per-prompt spread | ours | resolvable at {power:.0%} "
-             "power, ours | the paper's test prompts | resolvable there, at our spread | the paper's gap |",
+    lines = ["| runs | difference | metric | our prompts × seeds | per-prompt spread, seed mean (one run) | ours | "
+             "resolvable, ours | the paper's test prompts | resolvable there, one run at our spread | the paper's gap |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         paper = ("—", "—") if row.paper_prompts is None else (f"{row.paper_prompts:,}", f"±{row.paper_detectable:.4f}")
         gap = "— (none published)" if row.paper_gap is None else f"{row.paper_gap:+.4f}"
         lines.append(f"| {row.group} | {row.comparison} | {row.metric} | {row.prompts} × {row.seeds} | "
-                     f"{row.spread:.4f} | {row.observed:+.4f} | ±{row.detectable:.4f} | {paper[0]} | {paper[1]} | {gap} |")
+                     f"{row.spread:.4f} ({row.run_spread:.4f}) | {row.observed:+.4f} | ±{row.detectable:.4f} at "
+                     f"{row.power:.0%} power | {paper[0]} | {paper[1]} | {gap} |")
     return "\n".join(lines)

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from adaq_lora.atomic import write_json_atomic, write_jsonl_atomic
+from adaq_lora.data import json_lines_rows
 from adaq_lora.grid.experiment import PREDICTIONS_FILE, RESULT_FILE
 from adaq_lora.grid.tables import collect_results
 from adaq_lora.scoring.accuracy import accuracy_scores, answer_kind
@@ -27,9 +28,11 @@ def add_accuracy(run_dir: Path) -> bool:
     result = json.loads((run_dir / RESULT_FILE).read_text(encoding="utf-8"))
     if "accuracy" in result:
         return False
-    rows = [json.loads(line) for line in (run_dir / PREDICTIONS_FILE).read_text(encoding="utf-8").splitlines()]
+    path = run_dir / PREDICTIONS_FILE
+    rows = [row for _, row in json_lines_rows(path.read_text(encoding="utf-8"), path)]
     if len(rows) != result["n_test"]:
-        raise ValueError(f"{run_dir / PREDICTIONS_FILE} holds {len(rows)} predictions for n_test={result['n_test']}")
+        raise ValueError(f"{path} holds {len(rows)} predictions for n_test={result['n_test']}: the run was cut short "
+                         "or its files are from two runs; rerun that cell")
     scores = accuracy_scores([row["prediction"] for row in rows], [row["reference"] for row in rows],
                              answer_kind(result["dataset"]))
     for row, correct in zip(rows, scores):

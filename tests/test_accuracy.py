@@ -47,7 +47,7 @@ def test_recorded_runs_get_their_accuracy_from_their_own_predictions_once(tmp_pa
 
     add_accuracy = load_script("add_accuracy").add_accuracy
     rows = [{"prompt": "p", "reference": REFERENCE, "prediction": prediction, "scores": {"avg": 0.9}}
-            for prediction in (WRONG, REFERENCE, REFERENCE, "答：144")]
+            for prediction in (WRONG, REFERENCE, REFERENCE, "答：144\u2028")]  # U+2028 stays raw in JSON
     (tmp_path / "predictions.jsonl").write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     result = {"dataset": "school_math", "n_test": 4, "settings": {"bootstrap_resamples": 200},
               "intervals": {"avg": [0.8, 0.95]}}
@@ -57,6 +57,14 @@ def test_recorded_runs_get_their_accuracy_from_their_own_predictions_once(tmp_pa
     assert scored["accuracy"] == 0.75 and scored["intervals"]["avg"] == [0.8, 0.95]
     low, high = scored["intervals"]["accuracy"]
     assert 0.0 <= low <= 0.75 <= high <= 1.0
-    lines = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().split("\n") if line]
     assert [line["scores"]["accuracy"] for line in lines] == [0.0, 1.0, 1.0, 1.0]
     assert add_accuracy(tmp_path) is False  # already scored: left as it is
+
+
+def test_a_sign_and_the_decimals_after_a_thousands_separator_count():
+    assert not answer_correct("答：-3", "答：3", "final_answer")
+    assert answer_correct("答：气温是−3℃。", "答：-3度", "final_answer")
+    assert numbers("还剩245-105=140") == [245, 105, 140]  # a minus between digits is the operation
+    assert numbers("1,200.5元") == [Fraction(2401, 2)]
+    assert not answer_correct("答：1,200.9元", "答：1200元", "final_answer")

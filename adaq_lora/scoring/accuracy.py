@@ -2,11 +2,12 @@
 
 ROUGE and BLEU reward the template of an answer, not its truth: on School_math a worked solution whose arithmetic
 goes wrong in the last step keeps nearly every word of the reference (in a run on the first, easier stand-in,
-"已经行驶了10×3=30千米。全程是30+114=416千米。答：全程一共有416千米。" scored an Avg of 0.89 against the reference's 144). Accuracy asks whether the answer is right:
+"已经行驶了10×3=30千米。全程是30+114=416千米。答：全程一共有416千米。" scored an Avg above 0.8 against the reference's 144). Accuracy asks whether the answer is right:
 
 - `final_answer` (School_math and its stand-in): the numbers of the final answer — the last line holding "答", or
   the last line — must equal the reference's, in order. Numbers are compared as exact fractions, so 3 = 3.0 = 3.00,
-  "3/4" = 0.75, "45%" = 0.45, thousands separators are dropped, and units or words around them do not matter.
+  "3/4" = 0.75, "45%" = 0.45, thousands separators are dropped, a minus sign counts where no digit stands before
+  it (so -3 ≠ 3, and "30-20" is two numbers), and units or words around them do not matter.
 - `exact` (Alpaca-style tasks with one checkable answer): the whole answer equals the reference after whitespace and
   punctuation (Chinese and ASCII) are removed and letters lower-cased.
 
@@ -21,7 +22,9 @@ from fractions import Fraction
 from ..data import paper_dataset
 
 ANSWER_KINDS = ("final_answer", "exact")
-_NUMBER = re.compile(r"(?<![\d.])(\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)?)(?:\s*/\s*(\d+(?:\.\d+)?))?\s*(%|％)?")
+# a sign only where no digit or bracket stands before it: "答：-3" is minus three, "30-20" is two numbers
+_NUMBER = re.compile(r"((?<![\d.)）])[-−])?(?<![\d.])(\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?)"
+                     r"(?:\s*/\s*(\d+(?:\.\d+)?))?\s*(%|％)?")
 
 
 def answer_kind(dataset: str) -> str:
@@ -43,8 +46,8 @@ def final_line(text: str) -> str:
 def numbers(text: str) -> list[Fraction]:
     """Every number of `text`, as an exact fraction: decimals, a/b fractions, percentages, 1,200-style thousands."""
     found = []
-    for whole, denominator, percent in _NUMBER.findall(text):
-        value = Fraction(whole.replace(",", ""))
+    for sign, whole, denominator, percent in _NUMBER.findall(text):
+        value = Fraction(whole.replace(",", "")) * (-1 if sign else 1)
         if denominator:
             if Fraction(denominator) == 0:
                 continue

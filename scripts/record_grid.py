@@ -24,7 +24,7 @@ from adaq_lora.atomic import staged
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = ("school_math", "alpaca_zh")
 METHODS = ("base", "qlora", "adaq_lora", "adaq_lora_nf4", "lora")  # the claims' pairs first
-KEPT = ("result.json", "predictions.jsonl")
+KEPT = ("predictions.jsonl", "result.json")  # result.json last: a cell with it is whole, as in the run itself
 
 
 def cells(seeds: list[int]) -> list[tuple[str, str, int]]:
@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
-    todo = [cell for cell in cells(args.seeds) if not (recorded_dir(*cell) / KEPT[0]).exists()]
+    todo = [cell for cell in cells(args.seeds) if not (recorded_dir(*cell) / KEPT[-1]).exists()]
     if args.list:
         print("\n".join("/".join(map(str, cell)) for cell in todo) or "every cell is recorded")
         return 0

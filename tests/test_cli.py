@@ -100,3 +100,9 @@ def test_tables_of_a_folder_without_runs_shows_the_paper_s_rows_alone(capsys, tm
     assert main(["tables", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert out.count(PAPER_SOURCE) == 8 and "ours" not in out.split("Ours:")[0]
+
+
+def test_a_folder_holding_another_run_is_refused_saying_how_to_go_on(capsys, tmp_path):
+    (tmp_path / "run.json").write_text(json.dumps({"method": "qlora", "seed": 0}))
+    err = refused([*RUN, str(tmp_path)], capsys)
+    assert f"{tmp_path} holds another run (" in err and "--force" in err and "Traceback" not in err

@@ -9,7 +9,7 @@ import torch
 from peft import PeftModel
 
 from adaq_lora import AdaQConfig, apply_method, export_peft, load_adapters, save_adapters
-from adaq_lora.adapters.compaction import compact_model
+from adaq_lora.adapters.compaction import compact_to_masks
 from adaq_lora.quant.precision import apply_precision_plan
 from adaq_lora.adapters.svd_adapter import orthogonal_regularizer, svd_layers
 from adaq_lora.config import TrainConfig
@@ -71,7 +71,7 @@ def test_compaction_changes_neither_the_outputs_nor_the_lm_loss(method, token_ba
     model = masked_model(method)
     masks = {name: layer.triplet_mask.view(-1).bool() for name, layer in svd_layers(model).items()}
     before = model(**token_batch)
-    ranks = compact_model(model)
+    ranks = compact_to_masks(svd_layers(model))
     after = model(**token_batch)
     assert ranks == {name: int(mask.sum()) for name, mask in masks.items()}
     assert sum(ranks.values()) < 6 * len(ranks)
@@ -87,7 +87,7 @@ def test_the_orthogonality_penalty_after_compaction_equals_the_penalty_over_the_
         p, q, eye = layer.lora_B[:, keep], layer.lora_A[keep], torch.eye(int(keep.sum()))
         expected += ((p.T @ p - eye) ** 2).sum() + ((q @ q.T - eye) ** 2).sum()
     over_all_triplets = orthogonal_regularizer(model)
-    compact_model(model)
+    compact_to_masks(svd_layers(model))
     assert torch.allclose(orthogonal_regularizer(model), expected, rtol=1e-6)
     assert not torch.allclose(over_all_triplets, expected)  # the masked run also penalized the hidden triplets
 
@@ -104,7 +104,7 @@ def test_compaction_shrinks_p_lambda_q_and_the_optimizer_state_and_the_next_step
     (masked, masked_opt), (compacted, compacted_opt) = trained_twice(), trained_twice()
     keeps = {name: layer.triplet_mask.view(-1).bool() for name, layer in svd_layers(masked).items()}
     slices = {"lora_A": lambda t, k: t[k], "lora_E": lambda t, k: t[k], "lora_B": lambda t, k: t[:, k]}
-    compact_model(compacted, compacted_opt)
+    compact_to_masks(svd_layers(compacted), compacted_opt)
     for phase in ("after compaction", "after one more step"):
         for name, layer in svd_layers(compacted).items():
             keep, masked_layer = keeps[name], svd_layers(masked)[name]
@@ -214,6 +214,6 @@ def test_an_optimizer_whose_state_cannot_move_is_refused_before_any_parameter_is
     layer.set_mask(torch.arange(64) % 2 == 0)
     before = {id(p) for p in model.parameters()}
     with pytest.raises(ValueError, match="8-bit optimizer states"):
-        compact_model(model, optimizer)
+        compact_to_masks(svd_layers(model), optimizer)
     assert {id(p) for p in model.parameters()} == before and layer.r == 64  # nothing replaced, nothing half-moved
     assert all(p in optimizer.state for p in params)

@@ -2,6 +2,8 @@
 cell's files kept under results/ and the adapters left behind, cells already recorded skipped."""
 import json
 
+import pytest
+
 from conftest import load_script
 
 record_grid = load_script("record_grid")
@@ -25,7 +27,18 @@ def test_a_finished_cell_keeps_its_result_and_predictions_only(tmp_path, monkeyp
     kept = record_grid.keep(cell, commit=False)
     assert kept == tmp_path / "results" / "cpu" / "school_math" / "qlora" / "seed1"
     assert sorted(p.name for p in kept.iterdir()) == ["predictions.jsonl", "result.json"]
-    assert record_grid.main(["--list", "--seeds", "1"]) == 0  # the listing skips what is kept
+
+
+def test_a_cell_cut_short_while_kept_is_not_taken_for_recorded(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(record_grid, "REPO", tmp_path)
+    cell = ("school_math", "qlora", 1)
+    record_grid.work_dir(*cell).mkdir(parents=True)
+    (record_grid.work_dir(*cell) / "result.json").write_text("{}")  # its predictions.jsonl never came
+    with pytest.raises(FileNotFoundError):
+        record_grid.keep(cell, commit=False)
+    assert not (record_grid.recorded_dir(*cell) / "result.json").exists()  # result.json is copied last
+    record_grid.main(["--list", "--seeds", "1"])
+    assert "school_math/qlora/1" in capsys.readouterr().out.split()  # so the cell is run again
 
 
 def test_the_listing_names_only_cells_not_yet_recorded(tmp_path, monkeypatch, capsys):

@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .svd_adapter import SVDLinear, svd_layers
+from .svd_adapter import SVDLinear
 
 Take = Callable[[torch.Tensor], torch.Tensor]
 Move = tuple[nn.Parameter, nn.Parameter, Take]  # (old parameter, its compacted successor, how to slice alike)
@@ -115,7 +115,6 @@ def compact_layers(layers: dict[str, SVDLinear], keeps: dict[str, torch.Tensor],
     return {name: layers[name].r for name in keeps}
 
 
-def compact_model(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict[str, int]:
-    """Shrink every SVD adapter of `model` to its unmasked triplets; returns the rank each one keeps."""
-    layers = svd_layers(model)
+def compact_to_masks(layers: dict[str, SVDLinear], optimizer: torch.optim.Optimizer | None = None) -> dict[str, int]:
+    """Shrink each of `layers` (`svd_layers` of a model) to its unmasked triplets; returns the rank each one keeps."""
     return compact_layers(layers, kept_triplets(layers), optimizer)

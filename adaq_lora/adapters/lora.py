@@ -11,7 +11,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..quant.quantize import dequantized_weight
 
 
 class AdapterLayer(nn.Module):
@@ -88,8 +87,3 @@ class LoraLinear(AdapterLayer):
 
     def adapter_output(self, x: torch.Tensor) -> torch.Tensor:
         return (x @ self.lora_A.T @ self.lora_B.T) * self.scaling
-
-
-def merged_weight(layer: AdapterLayer) -> torch.Tensor:
-    """W0 + ΔW as a float tensor, for any base (a 4-bit W0 is de-quantized first)."""
-    return dequantized_weight(layer.base_layer).float() + layer.delta_weight().float()

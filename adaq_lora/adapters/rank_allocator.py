@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .compaction import compact_layers, kept_triplets, leading_triplets
+from .compaction import compact_layers, compact_to_masks, leading_triplets
 from ..config import AdaQConfig
 from .svd_adapter import SVDLinear, svd_layers
 
@@ -141,7 +141,7 @@ class RankAllocator:
         """Final phase: shrink every adapter (and `optimizer`'s state) to its kept triplets, free the EMAs."""
         if self.rank_pattern is None:
             raise ValueError(f"step {self.global_step} is before the final phase: masked triplets may still come back")
-        compact_layers(self.layers, kept_triplets(self.layers), optimizer)
+        compact_to_masks(self.layers, optimizer)
         self.sensitivity.clear()  # never read again once the mask is fixed
         self.uncertainty.clear()
         self.compacted = True

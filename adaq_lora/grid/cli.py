@@ -47,16 +47,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_command(args) -> None:
     from ..training.distributed import join_world, leave_world
-    from .experiment import RESULT_FILE, execute, plan_experiment
+    from .experiment import RESULT_FILE, FolderHoldsAnotherRun, execute, plan_experiment
 
     try:
         overrides = parse_assignments(args.assignments)
-        world = join_world(load_profile(args.profile, overrides).device)  # torchrun's processes, or this one alone
-        experiment = plan_experiment(args.method, args.dataset, args.profile, args.seed, overrides)
+        device = load_profile(args.profile, overrides).device
     except ValueError as error:
         raise CommandError(str(error)) from None
+    world = join_world(device)  # torchrun's processes, or this one alone
     try:
-        result = execute(experiment, args.out, force=args.force, progress=not args.quiet)
+        try:
+            experiment = plan_experiment(args.method, args.dataset, args.profile, args.seed, overrides)
+        except ValueError as error:
+            raise CommandError(str(error)) from None
+        try:
+            result = execute(experiment, args.out, force=args.force, progress=not args.quiet)
+        except FolderHoldsAnotherRun as error:
+            raise CommandError(str(error)) from None
     finally:
         leave_world()
     if world.main:

@@ -108,6 +108,10 @@ class Experiment:
         return replace(self.profile.train, max_steps=self.total_steps, seed=self.seed, progress=progress)
 
 
+class FolderHoldsAnotherRun(ValueError):
+    """The output folder's run.json names another run: refused before anything there is read or replaced."""
+
+
 def plan_experiment(method: str, dataset: str, profile: str, seed: int = 0, overrides: dict | None = None) -> Experiment:
     """Check the arguments (ValueError naming the valid choices) and load the records, before any model is loaded."""
     method_spec(method)  # refuses an unknown method, naming the valid ones
@@ -134,7 +138,7 @@ def execute(experiment: Experiment, out_dir: str | Path, force: bool = False, pr
     identity = experiment.identity()
     previous = read_json(out_dir / RUN_FILE)
     if previous is not None and previous != identity and not force:
-        raise ValueError(f"{out_dir} holds another run ({_difference(previous, identity)}); "
+        raise FolderHoldsAnotherRun(f"{out_dir} holds another run ({_difference(previous, identity)}); "
                          "choose another folder, or pass force=True (--force) to replace it")
     world = current_world()
     fresh = force or previous != identity  # a fresh start: nothing of an earlier run is resumed or returned

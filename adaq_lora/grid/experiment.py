@@ -13,11 +13,10 @@ writes into `out_dir`:
 
 Under torchrun (training/distributed.py) each process trains a replica; rank 0 alone writes into `out_dir`, and the
 test answers are split over the ranks. A run with `checkpoint_every` set resumes from its last checkpoint. Memory is
-the peak of one training step on the run's longest batch (`memory.measure_training_memory`), with its breakdown,
-taken before training where the run's peak is. `adaq_lora` plans its base's precision (`quant/precision.py`) from the first training examples, or,
-where the profile loads the base in 4 bits, from the model's files (`quant/file_plan.py`); the plan is written to
-`precision_plan.json` before training. `base` is not trained: its memory is that of the forward pass and the loss
-on the same batch, the paper's base rows' only possible meaning.
+the peak of one training step on the run's longest batch, taken before training (`memory.measure_training_memory`).
+`adaq_lora` plans its base's precision from the first training examples (`quant/precision.py`) or, where the base
+loads in 4 bits, from the model's files (`quant/file_plan.py`), and writes `precision_plan.json` before training.
+`base` is not trained: its memory is that of the forward pass and loss on that batch, the paper's base rows' meaning.
 """
 from __future__ import annotations
 
@@ -138,8 +137,8 @@ def execute(experiment: Experiment, out_dir: str | Path, force: bool = False, pr
     identity = experiment.identity()
     previous = read_json(out_dir / RUN_FILE)
     if previous is not None and previous != identity and not force:
-        raise FolderHoldsAnotherRun(f"{out_dir} holds another run ({_difference(previous, identity)}); "
-                         "choose another folder, or pass force=True (--force) to replace it")
+        raise FolderHoldsAnotherRun(f"{out_dir} holds another run ({_difference(previous, identity)}); choose "
+                                    "another folder, or pass force=True (--force) to replace it")
     world = current_world()
     fresh = force or previous != identity  # a fresh start: nothing of an earlier run is resumed or returned
     if not fresh and (existing := load_result(out_dir)) is not None:

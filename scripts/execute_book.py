@@ -38,6 +38,8 @@ from pathlib import Path
 import nbformat
 import yaml
 
+from adaq_lora.atomic import write_text_atomic
+
 PROFILES = ("ci", "cpu", "paper")
 KERNEL_NAME = "python3"
 PAGE_SUFFIXES = (".ipynb", ".md", ".rst")
@@ -209,7 +211,7 @@ def tidy_for_reading(path: Path) -> None:
         tags = cell.metadata.get("tags", [])
         if INJECTED_PARAMETERS_TAG in tags and INJECTED_PARAMETERS_DISPLAY_TAG not in tags:
             cell.metadata["tags"] = tags + [INJECTED_PARAMETERS_DISPLAY_TAG]
-    nbformat.write(nb, path)
+    write_text_atomic(path, nbformat.writes(nb) + "\n")  # nbformat.write ends the file so too
 
 
 GLUE_ROLE = re.compile(r"\{glue(?::\w+)?\}`([^`:]+)")  # {glue:text}`name:.3f` in a Markdown cell

@@ -21,7 +21,6 @@ in the process: `Linear4bit` forward and backward, PEFT's 4-bit layers, exports 
 from __future__ import annotations
 
 import logging
-import warnings
 from dataclasses import dataclass
 from math import prod
 
@@ -76,9 +75,6 @@ def _without_hub_kernel_notice(record: logging.LogRecord) -> bool:
 
 def _raw_bitsandbytes():
     logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_without_hub_kernel_notice)
-    # Paging moves an optimizer's state between GPU and CPU memory under pressure; on a CPU there is nothing to page
-    # to, so bitsandbytes' paged AdamW keeps ordinary state and says so at every first step (chapter 1 says it once).
-    warnings.filterwarnings("ignore", message="Paged optimizers are not supported on CPU", category=UserWarning)
     try:
         import bitsandbytes
     except ImportError as error:

@@ -15,6 +15,7 @@ tensors they make from the activations; outside a profiler a region costs nothin
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -65,6 +66,9 @@ def make_optimizer(params, name: str, learning_rate: float) -> torch.optim.Optim
     from ..quant.kernels import import_bitsandbytes
 
     optim = import_bitsandbytes().optim
+    # Paging moves an optimizer's state between GPU and CPU memory under pressure; on a CPU there is nothing to page
+    # to, so bitsandbytes' paged AdamW keeps ordinary state and says so at every first step (chapter 1 says it once).
+    warnings.filterwarnings("ignore", message="Paged optimizers are not supported on CPU", category=UserWarning)
     paged = optim.PagedAdamW8bit if name == "paged_adamw_8bit" else optim.PagedAdamW
     return paged(params, lr=learning_rate, weight_decay=0.0)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import contextmanager
 
 from ..profiles import PROFILE_NAMES, load_profile, parse_assignments
 
@@ -21,6 +22,15 @@ USAGE_ERROR = 2
 
 class CommandError(Exception):
     """A mistake in the command's arguments, shown as one line on stderr."""
+
+
+@contextmanager
+def usage_errors(*kinds: type[Exception]):
+    """Turn an error of `kinds`, raised inside, into a CommandError: a mistake of the caller's, not a bug."""
+    try:
+        yield
+    except kinds as error:
+        raise CommandError(str(error)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,21 +59,15 @@ def run_command(args) -> None:
     from ..training.distributed import join_world, leave_world
     from .experiment import RESULT_FILE, FolderHoldsAnotherRun, execute, plan_experiment
 
-    try:
+    with usage_errors(ValueError):
         overrides = parse_assignments(args.assignments)
         device = load_profile(args.profile, overrides).device
-    except ValueError as error:
-        raise CommandError(str(error)) from None
     world = join_world(device)  # torchrun's processes, or this one alone
     try:
-        try:
+        with usage_errors(ValueError):
             experiment = plan_experiment(args.method, args.dataset, args.profile, args.seed, overrides)
-        except ValueError as error:
-            raise CommandError(str(error)) from None
-        try:
+        with usage_errors(FolderHoldsAnotherRun):  # a ValueError from inside the run keeps its traceback
             result = execute(experiment, args.out, force=args.force, progress=not args.quiet)
-        except FolderHoldsAnotherRun as error:
-            raise CommandError(str(error)) from None
     finally:
         leave_world()
     if world.main:
@@ -76,10 +80,8 @@ def run_command(args) -> None:
 def tables_command(args) -> None:
     from .tables import build_tables, collect_results, markdown, table_for, write_csv
 
-    try:
+    with usage_errors(ValueError):
         results = collect_results(args.runs_dir)
-    except ValueError as error:
-        raise CommandError(str(error)) from None
     tables = build_tables(results)
     print(markdown(tables))
     outside = sorted({r["dataset"] for r in results if table_for(r["dataset"]) is None})

@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 
-
 class AdapterLayer(nn.Module):
     """What every adapter shares: a frozen `base_layer`, its sizes, input dropout and the scale."""
 

@@ -11,8 +11,8 @@ being its mean over the seeds both methods ran (as `claims.paired_scores` pairs 
 known (20% of each set, `paper.PAPER_SET_ROWS`) but s is not: the per-prompt scores of ChatGLM2-6B were not
 published, so ours stands in for it, and the statement says so. The paper reports one run per method, so what
 stands in is the spread of one seed's differences (the root mean square over our seeds), which averaging over
-seeds would understate. Beside it is the gap the paper reports between
-ADAQ-LoRA and QLoRA, so the reader can see whether its test set could have resolved it.
+seeds would understate. Beside it is the gap the paper reports between ADAQ-LoRA and QLoRA, so the reader can see
+whether its test set could have resolved it.
 """
 from __future__ import annotations
 

@@ -75,6 +75,19 @@ class Profile:
             return torch.bfloat16 if self.device == "cuda" else torch.float32
         return getattr(torch, self.adapter.compute_dtype)
 
+    def slow_base_warning(self) -> str | None:
+        """Why this profile's steps are slow on this machine, or None: a base in bfloat16 on a CPU without bfloat16
+        matrix units, where torch emulates the products (benchmarks/README.md measures how much slower)."""
+        if self.device != "cpu" or self.adapter.compute_dtype != "bfloat16" or has_bfloat16_units():
+            return None
+        import torch
+
+        return (f"profile {self.name!r} computes its base in bfloat16, and this CPU "
+                f"({torch.backends.cpu.get_cpu_capability()}) has neither AVX512-BF16 nor AMX: its steps run many times "
+                "slower than in float32 (12-14x on an AVX2 CPU, benchmarks/README.md; bench_base_dtype.py measures "
+                "yours). --set compute_dtype=float32 is faster here, but it is another setting than the runs recorded "
+                "in results/cpu")
+
     def dataset(self, table_key: str) -> str:
         """The profile's data set that is the paper's set with `table_key` ("school_math" or "alpaca"; see
         `data.PAPER_DATASETS`): its stand-in, its hub id or a file named for it."""
@@ -95,6 +108,21 @@ class Profile:
             data[section] = {key: list(value) if isinstance(value, tuple) else value
                              for key, value in values.items() if key not in SET_BY_THE_RUN[section]}
         return data
+
+
+def has_bfloat16_units() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices in hardware (AVX512-BF16 or AMX tiles)."""
+    import torch
+
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's own checks of the CPU flags
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+
+
+def cpu_description() -> str:
+    """This CPU as a result names it: torch's kernel level ("AVX2", "AVX512"), and whether it has bfloat16 units."""
+    import torch
+
+    return f"{torch.backends.cpu.get_cpu_capability()}, {'with' if has_bfloat16_units() else 'no'} bfloat16 units"
 
 
 def section_keys(section: str) -> list[str]:

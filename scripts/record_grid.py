@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from adaq_lora.atomic import staged
+from adaq_lora.profiles import load_profile
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = ("school_math", "alpaca_zh")
@@ -80,6 +81,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--commit", action="store_true", help="git-commit each cell's files as it lands")
     parser.add_argument("--list", action="store_true", help="print the cells still to run and stop")
+    parser.add_argument("--allow-slow-bfloat16", action="store_true",
+                        help="record even on a CPU without bfloat16 units, where each cell takes hours longer")
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
@@ -87,6 +90,11 @@ def main(argv=None) -> int:
     if args.list:
         print("\n".join("/".join(map(str, cell)) for cell in todo) or "every cell is recorded")
         return 0
+    slow = load_profile("cpu").slow_base_warning()
+    if todo and slow and not args.allow_slow_bfloat16:  # a cell would not land in one sitting (results/README.md)
+        parser.error(f"{slow}. The grid's cells keep that setting, so that seeds and methods compare: record them on a "
+                     "CPU with AVX512-BF16 or AMX (grep -o 'avx512_bf16\\|amx_tile' /proc/cpuinfo), or pass "
+                     "--allow-slow-bfloat16 to go on here")
     running: dict[tuple, subprocess.Popen] = {}
     failed = []
     while todo or running:

@@ -13,7 +13,7 @@ from adaq_lora.grid.experiment import RESULT_KEYS, load_result, plan_experiment,
 from adaq_lora.scoring.metrics import METRIC_NAMES
 from adaq_lora.models import load_model
 from adaq_lora.quant.precision import PrecisionPlan
-from adaq_lora.profiles import load_profile
+from adaq_lora.profiles import cpu_description, load_profile
 from conftest import make_tiny_llama
 
 RECORDS = [{"instruction": f"计算 {a} 加 {b}", "input": "", "output": f"{a}+{b}={a + b}。答：{a + b}。"}
@@ -64,6 +64,7 @@ def test_a_two_step_run_writes_every_result_key_typed_with_predictions_and_adapt
         assert 0 <= low <= saved[name] <= high <= 1
     assert set(saved["versions"]) == {"torch", "transformers", "peft", "bitsandbytes", "adaq-lora"}
     assert all(isinstance(version, str) for version in saved["versions"].values())
+    assert saved["cpu"] == cpu_description() and "bfloat16 units" in saved["cpu"]  # whose speed the seconds are
     assert saved["memory_mb"] > 0 and saved["memory_breakdown"] and saved["memory_measured"]
     assert saved["eval_seconds"] > 0 and saved["wall_seconds"] >= saved["eval_seconds"]
     lines = (tmp_path / "predictions.jsonl").read_text(encoding="utf-8").splitlines()

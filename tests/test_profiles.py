@@ -5,7 +5,7 @@ import pytest
 
 from adaq_lora import profiles
 from adaq_lora.config import AdaQConfig, TrainConfig
-from adaq_lora.profiles import load_profile, overridable_keys
+from adaq_lora.profiles import cpu_description, load_profile, overridable_keys
 
 
 def test_a_profile_holds_an_adaq_config_and_a_train_config_with_the_run_s_own_fields_beside_them():
@@ -49,3 +49,15 @@ def test_a_profile_s_dict_nests_as_its_file_does():
     assert set(data["adapter"]) == set(profiles.section_keys("adapter"))
     assert set(data["train"]) == set(profiles.section_keys("train"))
     assert "total_steps" not in data["adapter"] and "seed" not in data["train"]
+
+
+@pytest.mark.parametrize("units", [False, True])
+def test_a_bfloat16_base_is_warned_about_only_on_a_cpu_without_bfloat16_units(monkeypatch, units):
+    monkeypatch.setattr(profiles, "has_bfloat16_units", lambda: units)
+    warning = load_profile("cpu").slow_base_warning()
+    assert (warning is None) == units
+    if not units:
+        assert "profile 'cpu'" in warning and "--set compute_dtype=float32" in warning and "results/cpu" in warning
+    assert load_profile("cpu", {"compute_dtype": "float32"}).slow_base_warning() is None
+    assert load_profile("ci").slow_base_warning() is None  # "auto": float32 on the CPU
+    assert cpu_description().endswith(f"{'with' if units else 'no'} bfloat16 units")

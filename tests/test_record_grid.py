@@ -1,5 +1,6 @@
 """Claims about the recorder of the cpu grid (scripts/record_grid.py): seed by seed, base once per data set, each
-cell's files kept under results/ and the adapters left behind, cells already recorded skipped."""
+cell's files kept under results/ and the adapters left behind, cells already recorded skipped, and a CPU
+without bfloat16 units refused unless told."""
 import json
 
 import pytest
@@ -49,3 +50,18 @@ def test_the_listing_names_only_cells_not_yet_recorded(tmp_path, monkeypatch, ca
     record_grid.main(["--list", "--seeds", "0"])
     listed = capsys.readouterr().out.split()
     assert "alpaca_zh/lora/0" not in listed and "school_math/lora/0" in listed and len(listed) == 9
+
+
+def test_the_recorder_refuses_a_cpu_without_bfloat16_units_unless_told(tmp_path, monkeypatch, capsys):
+    from adaq_lora import profiles
+
+    monkeypatch.setattr(record_grid, "REPO", tmp_path)
+    monkeypatch.setattr(profiles, "has_bfloat16_units", lambda: False)
+    with pytest.raises(SystemExit) as refusal:
+        record_grid.main(["--seeds", "0"])
+    assert refusal.value.code == 2
+    err = capsys.readouterr().err
+    assert "neither AVX512-BF16 nor AMX" in err and "--allow-slow-bfloat16" in err
+    assert not (tmp_path / "runs").exists()  # refused before any cell started
+    record_grid.main(["--list", "--seeds", "0"])  # listing what is left needs no bfloat16
+    assert len(capsys.readouterr().out.split()) == 10  # seed 0: both data sets × the five methods

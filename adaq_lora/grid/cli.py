@@ -61,8 +61,10 @@ def run_command(args) -> None:
 
     with usage_errors(ValueError):
         overrides = parse_assignments(args.assignments)
-        device = load_profile(args.profile, overrides).device
-    world = join_world(device)  # torchrun's processes, or this one alone
+        profile = load_profile(args.profile, overrides)
+    world = join_world(profile.device)  # torchrun's processes, or this one alone
+    if world.main and (warning := profile.slow_base_warning()):
+        print(f"adaq-lora run: warning: {warning}", file=sys.stderr)
     try:
         with usage_errors(ValueError):
             experiment = plan_experiment(args.method, args.dataset, args.profile, args.seed, overrides)

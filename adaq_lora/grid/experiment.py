@@ -43,7 +43,7 @@ from ..models import DEFAULT_MODEL, load_model, model_folder
 from ..measure.memory import measure_training_memory
 from ..quant.file_plan import modules_kept_in_16_bits, plan_precision_from_files
 from ..quant.precision import PrecisionPlan, calibration_batches
-from ..profiles import Profile, load_profile
+from ..profiles import Profile, cpu_description, load_profile
 from ..training import set_gradient_checkpointing, steps_for, train
 from ..training.distributed import barrier, current_world
 from ..tuners import Tuner, method_spec, prepare, save
@@ -194,7 +194,7 @@ def execute(experiment: Experiment, out_dir: str | Path, force: bool = False, pr
         "eval_seconds": eval_seconds, "wall_seconds": time.perf_counter() - began,
         "trainable_parameters": trainable_parameters(tuner.model), "rank_pattern": tuner.rank_pattern(),
         **{key: getattr(training, key) if training else [] for key in ("losses", "lm_losses", "budgets")},
-        "versions": package_versions(),
+        "versions": package_versions(), "cpu": cpu_description(),  # the grid's step times depend on it
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     if world.main:

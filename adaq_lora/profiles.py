@@ -75,18 +75,10 @@ class Profile:
             return torch.bfloat16 if self.device == "cuda" else torch.float32
         return getattr(torch, self.adapter.compute_dtype)
 
-    def slow_base_warning(self) -> str | None:
-        """Why this profile's steps are slow on this machine, or None: a base in bfloat16 on a CPU without bfloat16
-        matrix units, where torch emulates the products (benchmarks/README.md measures how much slower)."""
-        if self.device != "cpu" or self.adapter.compute_dtype != "bfloat16" or has_bfloat16_units():
-            return None
-        import torch
-
-        return (f"profile {self.name!r} computes its base in bfloat16, and this CPU "
-                f"({torch.backends.cpu.get_cpu_capability()}) has neither AVX512-BF16 nor AMX: its steps run many times "
-                "slower than in float32 (12-14x on an AVX2 CPU, benchmarks/README.md; bench_base_dtype.py measures "
-                "yours). --set compute_dtype=float32 is faster here, but it is another setting than the runs recorded "
-                "in results/cpu")
+    def multiplies_in_float32(self) -> bool:
+        """Whether this profile's bfloat16 products run in float32 here: a bfloat16 base on a CPU without bfloat16
+        units, where torch's own bfloat16 kernels are over ten times slower (training/float32_products.py)."""
+        return self.device == "cpu" and self.adapter.compute_dtype == "bfloat16" and not has_bfloat16_units()
 
     def dataset(self, table_key: str) -> str:
         """The profile's data set that is the paper's set with `table_key` ("school_math" or "alpaca"; see

@@ -1,6 +1,6 @@
 """Record the cpu-profile grid that chapter 8 reads: both stand-ins × the methods × three seeds (results/README.md).
 
-    python scripts/record_grid.py [--jobs 2] [--commit] [--seeds 0 1 2] [--list]
+    python scripts/record_grid.py [--jobs 2] [--commit] [--seeds 0 1 2] [--datasets …] [--methods …] [--list]
 
 Each cell is one `adaq-lora run` in its own process with one torch thread, in a work folder under runs/cpu-grid/
 (checkpoints every 100 steps, so a killed cell resumes where it stopped). A finished cell's result.json and
@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 from adaq_lora.atomic import staged
-from adaq_lora.profiles import load_profile
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = ("school_math", "alpaca_zh")
@@ -28,10 +27,10 @@ METHODS = ("base", "qlora", "adaq_lora", "adaq_lora_nf4", "lora")  # the claims'
 KEPT = ("predictions.jsonl", "result.json")  # result.json last: a cell with it is whole, as in the run itself
 
 
-def cells(seeds: list[int]) -> list[tuple[str, str, int]]:
+def cells(seeds: list[int], datasets=DATASETS, methods=METHODS) -> list[tuple[str, str, int]]:
     """(data set, method, seed) in the order they are run: seed by seed, so that a cut grid is a complete seed."""
     return [(dataset, method, seed) for seed in seeds for dataset in DATASETS for method in METHODS
-            if not (method == "base" and seed != seeds[0])]
+            if dataset in datasets and method in methods and not (method == "base" and seed != seeds[0])]
 
 
 def recorded_dir(dataset: str, method: str, seed: int) -> Path:
@@ -79,22 +78,17 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=2, help="cells at once, one torch thread each (default 2)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=DATASETS, help="only these stand-ins")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS, help="only these methods")
     parser.add_argument("--commit", action="store_true", help="git-commit each cell's files as it lands")
     parser.add_argument("--list", action="store_true", help="print the cells still to run and stop")
-    parser.add_argument("--allow-slow-bfloat16", action="store_true",
-                        help="record even on a CPU without bfloat16 units, where each cell takes hours longer")
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
-    todo = [cell for cell in cells(args.seeds) if not (recorded_dir(*cell) / KEPT[-1]).exists()]
+    todo = [cell for cell in cells(args.seeds, args.datasets, args.methods) if not (recorded_dir(*cell) / KEPT[-1]).exists()]
     if args.list:
         print("\n".join("/".join(map(str, cell)) for cell in todo) or "every cell is recorded")
         return 0
-    slow = load_profile("cpu").slow_base_warning()
-    if todo and slow and not args.allow_slow_bfloat16:  # a cell would not land in one sitting (results/README.md)
-        parser.error(f"{slow}. The grid's cells keep that setting, so that seeds and methods compare: record them on a "
-                     "CPU with AVX512-BF16 or AMX (grep -o 'avx512_bf16\\|amx_tile' /proc/cpuinfo), or pass "
-                     "--allow-slow-bfloat16 to go on here")
     running: dict[tuple, subprocess.Popen] = {}
     failed = []
     while todo or running:

@@ -65,6 +65,7 @@ def test_a_two_step_run_writes_every_result_key_typed_with_predictions_and_adapt
     assert set(saved["versions"]) == {"torch", "transformers", "peft", "bitsandbytes", "adaq-lora"}
     assert all(isinstance(version, str) for version in saved["versions"].values())
     assert saved["cpu"] == cpu_description() and "bfloat16 units" in saved["cpu"]  # whose speed the seconds are
+    assert saved["float32_products"] is False  # the ci profile computes in float32: nothing to route
     assert saved["memory_mb"] > 0 and saved["memory_breakdown"] and saved["memory_measured"]
     assert saved["eval_seconds"] > 0 and saved["wall_seconds"] >= saved["eval_seconds"]
     lines = (tmp_path / "predictions.jsonl").read_text(encoding="utf-8").splitlines()

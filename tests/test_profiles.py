@@ -52,12 +52,6 @@ def test_a_profile_s_dict_nests_as_its_file_does():
 
 
 @pytest.mark.parametrize("units", [False, True])
-def test_a_bfloat16_base_is_warned_about_only_on_a_cpu_without_bfloat16_units(monkeypatch, units):
+def test_a_result_names_whether_its_cpu_has_bfloat16_units(monkeypatch, units):
     monkeypatch.setattr(profiles, "has_bfloat16_units", lambda: units)
-    warning = load_profile("cpu").slow_base_warning()
-    assert (warning is None) == units
-    if not units:
-        assert "profile 'cpu'" in warning and "--set compute_dtype=float32" in warning and "results/cpu" in warning
-    assert load_profile("cpu", {"compute_dtype": "float32"}).slow_base_warning() is None
-    assert load_profile("ci").slow_base_warning() is None  # "auto": float32 on the CPU
     assert cpu_description().endswith(f"{'with' if units else 'no'} bfloat16 units")

@@ -63,8 +63,9 @@ def run_command(args) -> None:
         overrides = parse_assignments(args.assignments)
         profile = load_profile(args.profile, overrides)
     world = join_world(profile.device)  # torchrun's processes, or this one alone
-    if world.main and (warning := profile.slow_base_warning()):
-        print(f"adaq-lora run: warning: {warning}", file=sys.stderr)
+    if world.main and profile.multiplies_in_float32():
+        print("adaq-lora run: this CPU has no bfloat16 units: the bfloat16 base's matrix products run in float32 "
+              "(adaq_lora/training/float32_products.py)", file=sys.stderr)
     try:
         with usage_errors(ValueError):
             experiment = plan_experiment(args.method, args.dataset, args.profile, args.seed, overrides)

@@ -12,11 +12,11 @@ writes into `out_dir`:
   dies leaves no result that looks complete; the grid resumes by skipping cells whose result is there.
 
 Under torchrun (training/distributed.py) each process trains a replica; rank 0 alone writes into `out_dir`, and the
-test answers are split over the ranks. A run with `checkpoint_every` set resumes from its last checkpoint. Memory is
-the peak of one training step on the run's longest batch, taken before training (`memory.measure_training_memory`).
-`adaq_lora` plans its base's precision from the first training examples (`quant/precision.py`) or, where the base
-loads in 4 bits, from the model's files (`quant/file_plan.py`), and writes `precision_plan.json` before training.
-`base` is not trained: its memory is that of the forward pass and loss on that batch, the paper's base rows' meaning.
+test answers are split over the ranks. A run with `checkpoint_every` set resumes from its last checkpoint. Memory is the
+peak of one training step on the run's longest batch, before training (`memory.measure_training_memory`; `base`: the
+forward pass and loss). `adaq_lora` plans its base's precision from the first training examples (`quant/precision.py`)
+or from the model's files where the base loads in 4 bits (`quant/file_plan.py`), and writes `precision_plan.json`.
+On a CPU without bfloat16 units a bfloat16 base's products run in float32 (`training/float32_products.py`).
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ from ..measure.memory import measure_training_memory
 from ..quant.file_plan import modules_kept_in_16_bits, plan_precision_from_files
 from ..quant.precision import PrecisionPlan, calibration_batches
 from ..profiles import Profile, cpu_description, load_profile
-from ..training import set_gradient_checkpointing, steps_for, train
+from ..training import float32_products, set_gradient_checkpointing, steps_for, train
 from ..training.distributed import barrier, current_world
 from ..tuners import Tuner, method_spec, prepare, save
 
@@ -160,20 +160,20 @@ def execute(experiment: Experiment, out_dir: str | Path, force: bool = False, pr
         tuner.precision_plan.save(out_dir)
         if progress:
             print(f"precision plan: {tuner.precision_plan.summary()}", file=sys.stderr)
-    training = None
-    train_config = experiment.train_config(progress)
+    training, train_config = None, experiment.train_config(progress)
     # before the memory measurement, which must see the run as it trains
     set_gradient_checkpointing(tuner.model, train_config.gradient_checkpointing)
     memory = _measure_memory(experiment, tuner, examples, pad_token_id(tokenizer))
-    if method_spec(experiment.method).trains:
-        training = train(tuner, tokenizer, experiment.train_records, train_config,
-                         checkpoint_dir=out_dir / CHECKPOINT_DIR, examples=examples)
-        if world.main and not method_spec(experiment.method).trains_base:  # a full fine-tune's weights: the model
-            save(tuner, out_dir / ADAPTERS_DIR)
-    eval_began = time.perf_counter()
-    predictions = generate_answers(tuner.model, tokenizer, experiment.test_records, experiment.profile.max_new_tokens,
-                                   experiment.profile.eval_batch_size, progress=progress and world.main, shard=True)
-    eval_seconds = time.perf_counter() - eval_began
+    with float32_products(in_float32 := experiment.profile.multiplies_in_float32()):
+        if method_spec(experiment.method).trains:
+            training = train(tuner, tokenizer, experiment.train_records, train_config,
+                             checkpoint_dir=out_dir / CHECKPOINT_DIR, examples=examples)
+            if world.main and not method_spec(experiment.method).trains_base:  # a full fine-tune's weights: the model
+                save(tuner, out_dir / ADAPTERS_DIR)
+        eval_began = time.perf_counter()
+        predictions = generate_answers(tuner.model, tokenizer, experiment.test_records, experiment.profile.max_new_tokens,
+                                       experiment.profile.eval_batch_size, progress=progress and world.main, shard=True)
+        eval_seconds = time.perf_counter() - eval_began
     references = [record["output"] for record in experiment.test_records]
     per_example = per_example_scores(predictions, references, lang="zh")
     per_example["accuracy"] = accuracy_scores(predictions, references, answer_kind(experiment.dataset))
@@ -194,7 +194,7 @@ def execute(experiment: Experiment, out_dir: str | Path, force: bool = False, pr
         "eval_seconds": eval_seconds, "wall_seconds": time.perf_counter() - began,
         "trainable_parameters": trainable_parameters(tuner.model), "rank_pattern": tuner.rank_pattern(),
         **{key: getattr(training, key) if training else [] for key in ("losses", "lm_losses", "budgets")},
-        "versions": package_versions(), "cpu": cpu_description(),  # the grid's step times depend on it
+        "versions": package_versions(), "cpu": cpu_description(), "float32_products": in_float32,  # step times
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     if world.main:

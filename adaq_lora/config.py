@@ -11,11 +11,17 @@ in one function (`tuners.peers.peft_config`).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 
 OPTIMIZERS = ("paged_adamw", "paged_adamw_8bit", "adamw")  # bitsandbytes' paged AdamW (the paper's, Sec. 3), its
 # 8-bit-state variant (two bytes per adapter weight instead of eight; no rank compaction), or torch's
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
+SVD_STARTS = {  # named starts of the SVD adapters, (svd_init, lambda_lr_ratio); a method names its own (registry)
+    "adalora": ("gaussian", 1.0),  # AdaLoRA's and PEFT's: P, Q ~ N(0, 0.02²), one learning rate; adaq_lora's until 2026-12
+    "adaq": ("gradient", 16.0),  # chosen by benchmarks/sweep_start.py on held-in training data (chapter 3)
+}
+SVD_INITS = ("gaussian", "orthonormal", "gradient")  # P, Q ~ N(0, init_std²) as PEFT's AdaLoRA; an orthonormalised
+# Gaussian; the top singular vectors of the first training batches' gradient (adapters/gradient_start.py)
 
 
 @dataclass
@@ -39,6 +45,9 @@ class AdaQConfig:
     precision_budget_bits: float | None = 6.0  # adaq_lora: mean bits per frozen weight, embedding and head included; None: QLoRA's layout
     compute_dtype: str = "auto"  # dtype of the 4-bit layers' matmuls: auto = float32 on CPU, bfloat16 on GPU
     init_std: float = 0.02  # std of the Gaussian start of A (Eq. 1) and of P, Q (Eq. 5), as PEFT's AdaLoRA
+    svd_init: str | None = None  # start of P, Q (λ = 0 in all): one of SVD_INITS; None: the method's own (registry)
+    lambda_lr_ratio: float | None = None  # λ's learning rate over P's and Q's (a parameter group); None: the method's own
+    gradient_start_batches: int = 4  # svd_init="gradient": first training micro-batches whose summed gradient is used
     loftq_init: bool = False  # adaq_lora: start ΔW at the best rank-init_r fit of the quantization error W − W0 (LoftQ, loftq.py)
     compact_ranks: bool = True  # in the final phase, shrink SVD adapters to their kept triplets and free the importance EMAs
     fused_loss: bool = True  # ours: the loss from the hidden states a chunk of tokens at a time, the logits never whole
@@ -84,6 +93,12 @@ class AdaQConfig:
             raise ValueError(f"orth_reg_weight (γ) must be >= 0, got {self.orth_reg_weight}")
         if not self.init_std > 0:
             raise ValueError(f"init_std must be > 0, got {self.init_std}")
+        if self.svd_init is not None and self.svd_init not in SVD_INITS:
+            raise ValueError(f"svd_init must be one of {SVD_INITS}, or None for the method's own; got {self.svd_init!r}")
+        if self.lambda_lr_ratio is not None and not self.lambda_lr_ratio > 0:
+            raise ValueError(f"lambda_lr_ratio must be > 0 (1: λ at the base learning rate), got {self.lambda_lr_ratio!r}")
+        if not isinstance(self.gradient_start_batches, int) or self.gradient_start_batches <= 0:
+            raise ValueError(f"gradient_start_batches must be a positive integer, got {self.gradient_start_batches!r}")
         if self.quant_type not in ("nf4", "fp4"):
             raise ValueError(f"quant_type must be 'nf4' or 'fp4', got {self.quant_type!r}")
         if self.precision_budget_bits is not None and not 4 <= self.precision_budget_bits <= 16:
@@ -91,6 +106,12 @@ class AdaQConfig:
                              f"or None for QLoRA's layout; got {self.precision_budget_bits!r}")
         if self.compute_dtype not in COMPUTE_DTYPES:
             raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {self.compute_dtype!r}")
+
+    def with_start(self, name: str) -> "AdaQConfig":
+        """This config with the start fields it leaves at None taken from SVD_STARTS[name]."""
+        init, ratio = SVD_STARTS[name]
+        return replace(self, svd_init=init if self.svd_init is None else self.svd_init,
+                       lambda_lr_ratio=ratio if self.lambda_lr_ratio is None else self.lambda_lr_ratio)
 
     def to_dict(self) -> dict:
         data = asdict(self)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -131,7 +132,10 @@ def run_experiment(method: str, dataset: str, profile: str, *, out_dir: str | Pa
     return execute(plan_experiment(method, dataset, profile, seed, overrides), out_dir, force=force, progress=progress)
 
 
-def execute(experiment: Experiment, out_dir: str | Path, force: bool = False, progress: bool = True) -> dict:
+def execute(experiment: Experiment, out_dir: str | Path, force: bool = False, progress: bool = True,
+            observe: Callable[[Tuner], Callable] | None = None) -> dict:
+    """Run `experiment` into `out_dir` (see `run_experiment`). `observe(tuner)`, if given, returns the `after_step`
+    observer the training loop calls after every step (e.g. a benchmark tracing the adapters' growth)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     identity = experiment.identity()
@@ -167,7 +171,8 @@ def execute(experiment: Experiment, out_dir: str | Path, force: bool = False, pr
     with float32_products(in_float32 := experiment.profile.multiplies_in_float32()):
         if method_spec(experiment.method).trains:
             training = train(tuner, tokenizer, experiment.train_records, train_config,
-                             checkpoint_dir=out_dir / CHECKPOINT_DIR, examples=examples)
+                             checkpoint_dir=out_dir / CHECKPOINT_DIR, examples=examples,
+                             after_step=observe(tuner) if observe is not None else None)
             if world.main and not method_spec(experiment.method).trains_base:  # a full fine-tune's weights: the model
                 save(tuner, out_dir / ADAPTERS_DIR)
         eval_began = time.perf_counter()
@@ -190,7 +195,7 @@ def execute(experiment: Experiment, out_dir: str | Path, force: bool = False, pr
         "intervals": {name: list(interval) for name, interval in intervals.items()},
         **memory,
         **{key: getattr(training, key) if training else None
-           for key in ("train_seconds", "median_step_seconds", "tokens_per_second")},
+           for key in ("train_seconds", "start_seconds", "median_step_seconds", "tokens_per_second")},
         "eval_seconds": eval_seconds, "wall_seconds": time.perf_counter() - began,
         "trainable_parameters": trainable_parameters(tuner.model), "rank_pattern": tuner.rank_pattern(),
         **{key: getattr(training, key) if training else [] for key in ("losses", "lm_losses", "budgets")},

@@ -112,6 +112,12 @@ def sum_over_ranks(value: int) -> int:
     return int(tensor.item())
 
 
+def sum_tensor_over_ranks(tensor: torch.Tensor) -> None:
+    """Replace `tensor` by its sum over the processes, in place."""
+    if current_world().size > 1:
+        dist.all_reduce(tensor)
+
+
 def mask_digest(model: nn.Module) -> int:
     """A 63-bit hash of every triplet mask of `model`, in module order."""
     digest = hashlib.sha256()

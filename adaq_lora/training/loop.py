@@ -26,11 +26,12 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from ..adapters.gradient_start import gradient_start
 from ..atomic import torch_save_atomic
 from ..config import TrainConfig
 from ..data import collate_examples, pad_token_id, tokenize_records
 from ..tuners.tuner import Tuner
-from .distributed import current_world, gather_objects, refuse_sharded, replicate
+from .distributed import current_world, gather_objects, refuse_sharded, replicate, sum_tensor_over_ranks
 from .step import NonFiniteLoss, StepOutcome, loss_model, make_optimizer, set_gradient_checkpointing, training_step
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -43,10 +44,11 @@ class TrainResult:
     budgets: list[int | None] = field(default_factory=list)  # rank budget in force after each step
     step_seconds: list[float] = field(default_factory=list)  # wall time of each optimizer step
     tokens: int = 0  # non-padding tokens seen
+    start_seconds: float = 0.0  # the adapters' gradient-aligned start before the first step (gradient_start.py)
 
     @property
     def train_seconds(self) -> float:
-        return sum(self.step_seconds)
+        return self.start_seconds + sum(self.step_seconds)
 
     @property
     def median_step_seconds(self) -> float:
@@ -131,21 +133,24 @@ def train(tuner: Tuner, tokenizer, train_records: list[dict], config: TrainConfi
     model = tuner.model
     examples = examples if examples is not None else tokenize_records(train_records, tokenizer, config.max_length)
     pad_id = pad_token_id(tokenizer)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+    if not any(p.requires_grad for p in model.parameters()):
         raise ValueError(f"method {tuner.method!r} has nothing to train")
     if config.optimizer == "paged_adamw_8bit" and tuner.allocator is not None and tuner.config.compact_ranks:
         raise ValueError("rank compaction slices the optimizer's state by triplet, which 8-bit states (blocks of 256) "
                          "cannot be: set adapter.compact_ranks=false with optimizer paged_adamw_8bit, or use paged_adamw")
-    optimizer = make_optimizer(params, config.optimizer, tuner.config.learning_rate)
-    del params  # rank compaction replaces parameters; the optimizer's groups always list the current ones
+    # rank compaction replaces parameters; the optimizer's groups always list the current ones
+    optimizer = make_optimizer(tuner.parameter_groups(), config.optimizer, tuner.config.learning_rate)
     came_in = (model.training, model.is_activation_checkpointing, getattr(model.config, "use_cache", None))
     set_gradient_checkpointing(model, config.gradient_checkpointing)
-    if current_world().size > 1:  # launched by torchrun: train the replicas together
-        refuse_sharded(model)
-        tuner.replica = replicate(loss_model(tuner))
+    resuming = checkpoint_dir is not None and (Path(checkpoint_dir) / CHECKPOINT_FILE).exists()
     try:
-        return _run_steps(tuner, examples, pad_id, optimizer, config, checkpoint_dir, after_step)
+        start_seconds = 0.0 if resuming else _gradient_start(tuner, examples, pad_id, config)
+        if current_world().size > 1:  # launched by torchrun: train the replicas together
+            refuse_sharded(model)
+            tuner.replica = replicate(loss_model(tuner))
+        result = _run_steps(tuner, examples, pad_id, optimizer, config, checkpoint_dir, after_step)
+        result.start_seconds = result.start_seconds or start_seconds
+        return result
     finally:
         tuner.replica = None
         training, checkpointing, use_cache = came_in
@@ -174,9 +179,7 @@ def _run_steps(tuner: Tuner, examples: list[dict], pad_id: int, optimizer, confi
         began = time.perf_counter()
         # rank r takes its grad_accum consecutive micro-batches of the order one process would accumulate
         positions = [(step - 1) * per_step + world.rank * config.grad_accum + micro for micro in range(config.grad_accum)]
-        batches = [{k: v.to(device) for k, v in collate_examples([examples[i] for i in indices], pad_id).items()}
-                   for indices in (micro_batch_order(len(examples), config.batch_size, config.seed, position)
-                                   for position in positions)]
+        batches = _micro_batches(examples, positions, pad_id, config, device)
         try:
             outcome = training_step(tuner, batches, optimizer, config.max_grad_norm)
         except NonFiniteLoss as error:
@@ -198,6 +201,39 @@ def _run_steps(tuner: Tuner, examples: list[dict], pad_id: int, optimizer, confi
             save_checkpoint(checkpoint_dir, tuner, optimizer, step, result)
     bar.close()
     return result
+
+
+def _micro_batches(examples: list[dict], positions: list[int], pad_id: int, config: TrainConfig, device) -> list[dict]:
+    """The collated micro-batches at `positions` of the run's order (`micro_batch_order`), on `device`."""
+    return [{k: v.to(device) for k, v in collate_examples([examples[i] for i in indices], pad_id).items()}
+            for indices in (micro_batch_order(len(examples), config.batch_size, config.seed, position)
+                            for position in positions)]
+
+
+def _gradient_start(tuner: Tuner, examples: list[dict], pad_id: int, config: TrainConfig) -> float:
+    """Turn the SVD adapters to the first micro-batches' gradient if the method starts so; returns its seconds.
+
+    The run's first `gradient_start_batches` micro-batches, as its first steps will see them (split over the ranks
+    under torchrun), with the model in training mode and the loss the steps use (C alone, without Eq. 6's term).
+    """
+    if tuner.allocator is None or tuner.config.svd_init != "gradient":
+        return 0.0
+    began = time.perf_counter()
+    world = current_world()
+    positions = list(range(world.rank, tuner.config.gradient_start_batches, world.size))
+    batches = _micro_batches(examples, positions, pad_id, config, next(tuner.model.parameters()).device)
+    model, came_in = loss_model(tuner), tuner.model.training
+    tuner.model.train()
+
+    def loss_of(batch: dict) -> torch.Tensor:
+        output = model(**batch, use_cache=False)
+        return output if isinstance(output, torch.Tensor) else output.loss
+
+    try:
+        gradient_start(tuner.allocator.layers, batches, loss_of, sum_tensor_over_ranks if world.size > 1 else None)
+    finally:
+        tuner.model.train(came_in)
+    return time.perf_counter() - began
 
 
 def steps_for(n_examples: int, epochs: float, batch_size: int = 1, grad_accum: int = 1) -> int:

@@ -60,7 +60,7 @@ class StepOutcome:
 
 def make_optimizer(params, name: str, learning_rate: float) -> torch.optim.Optimizer:
     """bitsandbytes' paged AdamW ("paged_adamw", the paper's; "paged_adamw_8bit" with its moments in 8 bits) or
-    torch's AdamW ("adamw"), without weight decay."""
+    torch's AdamW ("adamw"), without weight decay. `params`: parameters, or groups (`Tuner.parameter_groups`)."""
     if name == "adamw":
         return torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
     from ..quant.kernels import import_bitsandbytes

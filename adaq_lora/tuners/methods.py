@@ -55,8 +55,14 @@ def apply_method(model: nn.Module, method: str, config: AdaQConfig | None = None
     `get_peft_model` does): the new layers would otherwise start in training mode, with dropout on.
     `tuners.prepare` does the same and returns the `Tuner` that holds the method's state.
     """
-    apply_ours(model, method_spec(method), config or AdaQConfig(), calibration, precision_plan)
+    spec = method_spec(method)
+    apply_ours(model, spec, method_config(spec, config or AdaQConfig()), calibration, precision_plan)
     return model
+
+
+def method_config(spec: MethodSpec, config: AdaQConfig) -> AdaQConfig:
+    """`config` as `spec`'s method runs it: an SVD method fills the start fields left at None with its own start."""
+    return config.with_start(spec.svd_start) if spec.svd_start is not None else config
 
 
 def apply_ours(model: nn.Module, spec: MethodSpec, config: AdaQConfig, calibration: list[dict] | None,
@@ -101,6 +107,7 @@ def apply_ours(model: nn.Module, spec: MethodSpec, config: AdaQConfig, calibrati
 def build(model: nn.Module, config: AdaQConfig, calibration=None, precision_plan=None, *, method: str) -> Tuner:
     """One of our methods applied to `model`, as the Tuner the training loop drives."""
     spec = method_spec(method)
+    config = method_config(spec, config)
     plan = apply_ours(model, spec, config, calibration, precision_plan)
     allocator = RankAllocator(model, config) if spec.svd else None
     return Tuner(model=model, method=method, config=config, allocator=allocator, precision_plan=plan)
@@ -112,7 +119,8 @@ def inject_adapters(model: nn.Module, layer_class: type[AdapterLayer], targets, 
     for name, module in target_linears(model, targets):
         parent_name, _, leaf = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        adapter = layer_class(module, rank, config.lora_alpha, config.lora_dropout, config.init_std)
+        start = {"init": config.svd_init or "gaussian"} if layer_class is SVDLinear else {}
+        adapter = layer_class(module, rank, config.lora_alpha, config.lora_dropout, config.init_std, **start)
         device = next(chain(module.parameters(), module.buffers())).device  # a blockwise base holds only buffers
         setattr(parent, leaf, adapter.to(device))
 
@@ -145,6 +153,6 @@ _register("base", "", None, False)  # the untrained model: the paper's "GLM2" ro
 _register("full", "+full fine-tuning", None, False, trains_base=True)
 _register("lora", "+LoRA", "lora", False)
 _register("qlora", "+QLoRA", "lora", True)
-_register("adalora", "+AdaLoRA", "svd", False)
-_register("adaq_lora", "+ADAQ-LoRA", "svd", True, precision_plan=True)
-_register("adaq_lora_nf4", "+ADAQ-LoRA, QLoRA's storage", "svd", True)  # the ablation: no precision plan
+_register("adalora", "+AdaLoRA", "svd", False, svd_start="adalora")
+_register("adaq_lora", "+ADAQ-LoRA", "svd", True, precision_plan=True, svd_start="adaq")
+_register("adaq_lora_nf4", "+ADAQ-LoRA, QLoRA's storage", "svd", True, svd_start="adaq")  # the ablation: no plan

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from ..config import SVD_STARTS
+
 ADAPTER_KINDS = (None, "lora", "svd")  # none; B A of Eq. 1; P Λ Q of Eq. 5
 
 
@@ -22,10 +24,13 @@ class MethodSpec:
     precision_plan: bool = False  # the frozen base by the importance-driven precision plan (quant/precision.py)
     trains_base: bool = False  # every weight of the base trains (full fine-tuning)
     peer: bool = False  # PEFT's implementation run through our loop, for comparison
+    svd_start: str | None = None  # SVD adapters: the named start (config.SVD_STARTS) a config's None fields take
 
     def __post_init__(self):
         if self.adapter not in ADAPTER_KINDS:
             raise ValueError(f"method {self.name!r}: adapter must be one of {ADAPTER_KINDS}, got {self.adapter!r}")
+        if self.svd_start is not None and self.svd_start not in SVD_STARTS:
+            raise ValueError(f"method {self.name!r}: svd_start must be one of {sorted(SVD_STARTS)}, got {self.svd_start!r}")
 
     @property
     def trains(self) -> bool:

@@ -63,6 +63,18 @@ class Tuner:
             self.allocator.compact(optimizer)
         return budget
 
+    def parameter_groups(self) -> list[dict]:
+        """What the optimizer trains, as its parameter groups: the trainable parameters at the config's learning
+        rate, and, where `lambda_lr_ratio` is set and not 1, the SVD adapters' λ (`lora_E`) in a group of their own at
+        that multiple of it (Adam moves a scalar λ by about the rate per step, P and Q by as much per element)."""
+        ratio = self.config.lambda_lr_ratio
+        named = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
+        if self.allocator is None or ratio is None or ratio == 1:
+            return [{"params": [p for _, p in named]}]
+        singular = [p for name, p in named if name.endswith("lora_E")]
+        rest = [p for name, p in named if not name.endswith("lora_E")]
+        return [{"params": rest}, {"params": singular, "lr": self.config.learning_rate * ratio}]
+
     def state_tensors(self) -> list[torch.Tensor]:
         """What the method keeps beside the model between steps (the importance EMAs), for memory accounting."""
         if self.allocator is None:

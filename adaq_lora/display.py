@@ -144,3 +144,54 @@ def rank_pattern_map(pattern: dict, init_r: int, target_r: int) -> tuple:
     fig.colorbar(image, ax=ax, label="rank kept (triplets)")
     fig.tight_layout()
     return fig, grid
+
+
+def start_sweep_table(rows: dict) -> str:
+    """The start sweep (benchmarks/sweep_start.py) as Markdown: per data set and variant, means over its seeds of the
+    last-quarter cross-entropy (and its ratio to qlora's on the same seeds), held-in Avg and accuracy, step time and
+    peak memory, in the order the rows were run."""
+    import statistics
+
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in rows.values():
+        groups.setdefault((row["dataset"], row["variant"]), []).append(row)
+    lines = ["| data set | variant | seeds | last-quarter CE | × qlora's | held-in Avg | held-in accuracy | s/step "
+             "| start s | peak MiB |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for (dataset, variant), members in sorted(groups.items(), key=lambda item: item[0][0]):
+        def mean(key, among=members):
+            return statistics.fmean(row[key] for row in among)
+
+        seeds = sorted(row["seed"] for row in members)
+        peers = [row for row in groups.get((dataset, "qlora"), []) if row["seed"] in seeds]
+        ratio = (f"{mean('last_quarter_cross_entropy') / mean('last_quarter_cross_entropy', peers):.2f}"
+                 if len(peers) == len(members) else "—")
+        lines.append(f"| {dataset} | {variant} | {','.join(map(str, seeds))} | {mean('last_quarter_cross_entropy'):.3f} "
+                     f"| {ratio} | {mean('held_in_avg'):.3f} | {mean('held_in_accuracy'):.3f} "
+                     f"| {mean('median_step_seconds'):.2f} | {mean('start_seconds'):.0f} | {mean('memory_mb'):.0f} |")
+    return "\n".join(lines)
+
+
+def start_sweep_curves(rows: dict, dataset: str, variants: list[str], seed: int = 0, window: int = 20):
+    """Two panels for chapter 3 from the start sweep: each variant's cross-entropy (mean of `window` steps) and
+    ‖ΔW‖_F of one traced matrix (a middle layer's down_proj) against the step, on `dataset` with `seed`."""
+    import numpy as np
+    from matplotlib import pyplot as plt
+
+    fig, (loss_ax, norm_ax) = plt.subplots(1, 2, figsize=(12, 4))
+    for variant in variants:
+        row = next((r for r in rows.values() if (r["dataset"], r["variant"], r["seed"]) == (dataset, variant, seed)), None)
+        if row is None:
+            continue
+        losses = np.convolve(row["lm_losses"], np.ones(window) / window, mode="valid")
+        line, = loss_ax.plot(np.arange(window, len(row["lm_losses"]) + 1), losses, label=variant)
+        traced = [name for name in row["delta_w_trace"][0]["delta_w_norm"] if name.endswith("down_proj")][0]
+        norm_ax.plot([point["step"] for point in row["delta_w_trace"]],
+                     [point["delta_w_norm"][traced] for point in row["delta_w_trace"]], color=line.get_color(),
+                     label=variant)
+    loss_ax.set(title=f"Cross-entropy, mean of {window} steps ({dataset}, seed {seed})", xlabel="optimizer step",
+                ylabel="C (nats per answer token)")
+    norm_ax.set(title=f"‖ΔW‖_F of {traced.removeprefix('model.')}", xlabel="optimizer step", ylabel="Frobenius norm",
+                yscale="log")
+    loss_ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

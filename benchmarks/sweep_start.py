@@ -28,6 +28,7 @@ import torch
 
 from adaq_lora.atomic import write_json_atomic
 from adaq_lora.data import load_records, split_records
+from adaq_lora.display import start_sweep_table
 from adaq_lora.grid.experiment import SPLIT_SEED, TEST_FRACTION, execute, plan_experiment
 from adaq_lora.tuners import adapter_layers
 
@@ -95,26 +96,6 @@ def run_one(dataset: str, variant: str, seed: int, steps: int, work: Path) -> di
             "lm_losses": losses, "delta_w_trace": trace, "cpu": result["cpu"], "finished_at": result["finished_at"]}
 
 
-def table(rows: dict) -> str:
-    """Markdown: per data set and variant, the mean over seeds, and each adaq_lora row's last quarter over qlora's."""
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for row in rows.values():
-        groups.setdefault((row["dataset"], row["variant"]), []).append(row)
-    lines = ["| data set | variant | seeds | last-quarter CE | × qlora's | held-in Avg | held-in accuracy | s/step "
-             "| peak MiB |", "|---|---|---|---|---|---|---|---|---|"]
-    for (dataset, variant), members in sorted(groups.items(), key=lambda item: (item[0][0], list(VARIANTS).index(item[0][1]))):
-        def mean(key, among=members):
-            return statistics.fmean(row[key] for row in among)
-        seeds = sorted(row["seed"] for row in members)
-        peers = [r for r in groups.get((dataset, "qlora"), []) if r["seed"] in seeds]
-        ratio = (f"{mean('last_quarter_cross_entropy') / mean('last_quarter_cross_entropy', peers):.2f}"
-                 if len(peers) == len(members) else "—")
-        lines.append(f"| {dataset} | {variant} | {','.join(map(str, seeds))} | {mean('last_quarter_cross_entropy'):.3f} "
-                     f"| {ratio} | {mean('held_in_avg'):.3f} | {mean('held_in_accuracy'):.3f} "
-                     f"| {mean('median_step_seconds'):.2f} | {mean('memory_mb'):.0f} |")
-    return "\n".join(lines)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=["school_math", "alpaca_zh"])
@@ -133,7 +114,7 @@ def main(argv=None) -> int:
         return 0
     rows = json.loads(args.out.read_text(encoding="utf-8")) if args.out.exists() else {}
     if args.table:
-        print(table(rows))
+        print(start_sweep_table(rows))
         return 0
     todo = [(d, v, s) for s in args.seeds for d in args.datasets for v in args.variants if run_key(d, v, s) not in rows]
     running: dict[tuple, subprocess.Popen] = {}
@@ -160,7 +141,7 @@ def main(argv=None) -> int:
             write_json_atomic(args.out, rows)
             print(f"done {run_key(*job)}: last-quarter CE {rows[run_key(*job)]['last_quarter_cross_entropy']:.3f}",
                   flush=True)
-    print(table(rows))
+    print(start_sweep_table(rows))
     return 0
 
 

@@ -49,7 +49,8 @@ def test_two_processes_train_as_one_process_accumulating_two_micro_batches(chatg
     for name in ("adaq_adapters.safetensors", "adapter_model.safetensors"):
         ours, theirs = load_file(tmp_path / "one" / "adapters" / name), load_file(tmp_path / "two" / "adapters" / name)
         assert ours.keys() == theirs.keys()
-        assert max(float((ours[k] - theirs[k]).abs().max()) for k in ours) < 1e-5
+        for key in ours:  # float32 sums in another order (gradients, the start's sketches): agree to ~1e-5 relative
+            torch.testing.assert_close(theirs[key], ours[key], rtol=1e-4, atol=1e-5)
     read = lambda run: [json.loads(line)["prediction"] for line in (tmp_path / run / "predictions.jsonl").open()]
     assert read("two") == read("one")  # evaluation split over the ranks, gathered in order
 

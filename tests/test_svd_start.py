@@ -143,3 +143,20 @@ def test_adalora_keeps_adaloras_start_and_adaq_lora_takes_its_own_unless_told():
 def test_a_bad_start_setting_is_refused_naming_the_field(field, value, words):
     with pytest.raises(ValueError, match=words):
         tiny_config(**{field: value})
+
+
+def test_a_loftq_start_is_kept_by_training_with_the_gradient_start_and_lambda_keeps_its_rate(smol_tokenizer):
+    torch.manual_seed(0)
+    tuner = prepare(make_tiny_llama(vocab_size=len(smol_tokenizer)), "adaq_lora",
+                    tiny_config(loftq_init=True, svd_init="gradient", lambda_lr_ratio=16.0, precision_budget_bits=None,
+                                learning_rate=1e-7))
+    layers = svd_layers(tuner.model)
+    loftq = {name: layer.delta_weight().detach().clone() for name, layer in layers.items()}
+    assert all(torch.count_nonzero(delta) > 0 for delta in loftq.values())  # ΔW ≈ W − Q(W), not zero
+    seen = []
+    result = train(tuner, smol_tokenizer, RECORDS, TrainConfig(max_steps=1, max_length=48, progress=False),
+                   after_step=lambda step, outcome: seen.append(step))
+    assert result.start_seconds == 0  # no gradient start ran over LoftQ's
+    moved = max((layer.delta_weight() - loftq[name]).norm().item() / loftq[name].norm().item()
+                for name, layer in layers.items())
+    assert seen == [1] and moved < 0.01  # a tiny step from LoftQ's start; a gradient start would have zeroed ΔW (1.0)

@@ -3,7 +3,7 @@ order, progress bar and resumable checkpoints (`loop`), and bfloat16 products in
 bfloat16 units (`float32_products`)."""
 from .float32_products import float32_products
 from .loop import TrainResult, steps_for, train
-from .step import StepOutcome, make_optimizer, set_gradient_checkpointing, training_step
+from .step import StepOutcome, make_optimizer, set_gradient_checkpointing, start_from_gradient, training_step
 
-__all__ = ["StepOutcome", "TrainResult", "float32_products", "make_optimizer", "set_gradient_checkpointing", "steps_for",
-           "train", "training_step"]
+__all__ = ["StepOutcome", "TrainResult", "float32_products", "make_optimizer", "set_gradient_checkpointing",
+           "start_from_gradient", "steps_for", "train", "training_step"]

@@ -26,13 +26,13 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from ..adapters.gradient_start import gradient_start
 from ..atomic import torch_save_atomic
 from ..config import TrainConfig
 from ..data import collate_examples, pad_token_id, tokenize_records
 from ..tuners.tuner import Tuner
-from .distributed import current_world, gather_objects, refuse_sharded, replicate, sum_tensor_over_ranks
-from .step import NonFiniteLoss, StepOutcome, loss_model, make_optimizer, set_gradient_checkpointing, training_step
+from .distributed import current_world, gather_objects, refuse_sharded, replicate
+from .step import (NonFiniteLoss, StepOutcome, loss_model, make_optimizer, set_gradient_checkpointing,
+                   start_from_gradient, training_step)
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -215,22 +215,19 @@ def _gradient_start(tuner: Tuner, examples: list[dict], pad_id: int, config: Tra
 
     The run's first `gradient_start_batches` micro-batches, as its first steps will see them (split over the ranks
     under torchrun), with the model in training mode and the loss the steps use (C alone, without Eq. 6's term).
+    A LoftQ start (`loftq_init`) has set P, λ and Q from the quantization error already and is kept: the two starts
+    combine as LoftQ's P, λ, Q with the gradient start's learning rate for λ.
     """
-    if tuner.allocator is None or tuner.config.svd_init != "gradient":
+    if tuner.allocator is None or tuner.config.svd_init != "gradient" or tuner.config.loftq_init:
         return 0.0
     began = time.perf_counter()
     world = current_world()
     positions = list(range(world.rank, tuner.config.gradient_start_batches, world.size))
     batches = _micro_batches(examples, positions, pad_id, config, next(tuner.model.parameters()).device)
-    model, came_in = loss_model(tuner), tuner.model.training
+    came_in = tuner.model.training
     tuner.model.train()
-
-    def loss_of(batch: dict) -> torch.Tensor:
-        output = model(**batch, use_cache=False)
-        return output if isinstance(output, torch.Tensor) else output.loss
-
     try:
-        gradient_start(tuner.allocator.layers, batches, loss_of, sum_tensor_over_ranks if world.size > 1 else None)
+        start_from_gradient(tuner, batches)
     finally:
         tuner.model.train(came_in)
     return time.perf_counter() - began

@@ -21,8 +21,10 @@ from dataclasses import dataclass
 import torch
 from torch.profiler import record_function
 
+from ..adapters.gradient_start import gradient_start
 from ..tuners.tuner import Tuner
-from .distributed import accumulating, check_masks_agree, mean_over_ranks, replicate, sum_over_ranks
+from .distributed import (accumulating, check_masks_agree, current_world, mean_over_ranks, replicate, sum_over_ranks,
+                          sum_tensor_over_ranks)
 from .fused_loss import FusedLossModel
 
 OPTIMIZER_REGION = "adaq_lora.optimizer_update"  # clipping and the optimizer's step
@@ -93,6 +95,13 @@ def training_loss(tuner: Tuner, batch: dict) -> tuple[torch.Tensor, torch.Tensor
     output = model(**batch, use_cache=False)
     loss = output if isinstance(output, torch.Tensor) else output.loss
     return (loss if regularizer is None else loss + regularizer), tuner.cross_entropy(loss)
+
+
+def start_from_gradient(tuner: Tuner, batches: list[dict]) -> None:
+    """Turn `tuner`'s SVD adapters to the top singular vectors of the loss gradient summed over `batches` (this
+    process's share of the run's first micro-batches; `adapters/gradient_start.py`), with C as a step computes it."""
+    gradient_start(tuner.allocator.layers, batches, lambda batch: training_loss(tuner, batch)[1],
+                   sum_tensor_over_ranks if current_world().size > 1 else None)
 
 
 def training_step(tuner: Tuner, batches: list[dict], optimizer: torch.optim.Optimizer,

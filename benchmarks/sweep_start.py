@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,6 +28,7 @@ from adaq_lora.atomic import write_json_atomic
 from adaq_lora.data import load_records, split_records
 from adaq_lora.display import start_sweep_table
 from adaq_lora.grid.experiment import SPLIT_SEED, TEST_FRACTION, execute, plan_experiment
+from adaq_lora.grid.jobs import run_side_by_side
 from adaq_lora.tuners import adapter_layers
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,30 +116,25 @@ def main(argv=None) -> int:
         print(start_sweep_table(rows))
         return 0
     todo = [(d, v, s) for s in args.seeds for d in args.datasets for v in args.variants if run_key(d, v, s) not in rows]
-    running: dict[tuple, subprocess.Popen] = {}
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    while todo or running:
-        while todo and len(running) < args.jobs:
-            job = todo.pop(0)
-            command = [sys.executable, __file__, "--steps", str(args.steps), "--one", job[0], job[1], str(job[2])]
-            log = REPO / "runs" / "sweep-start" / f"{job[0]}-{job[2]}-{job[1]}.log"
-            log.parent.mkdir(parents=True, exist_ok=True)
-            running[job] = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                            stderr=log.open("w", encoding="utf-8"), text=True)
-            print(f"started {run_key(*job)}", flush=True)
-        time.sleep(5)
-        for job, process in list(running.items()):
-            if process.poll() is None:
-                continue
-            del running[job]
-            found = [line[4:] for line in process.stdout.read().splitlines() if line.startswith("ROW ")]
-            if process.returncode != 0 or not found:
-                print(f"failed {run_key(*job)} (exit {process.returncode})", file=sys.stderr, flush=True)
-                continue
-            rows[run_key(*job)] = json.loads(found[-1])
-            write_json_atomic(args.out, rows)
-            print(f"done {run_key(*job)}: last-quarter CE {rows[run_key(*job)]['last_quarter_cross_entropy']:.3f}",
-                  flush=True)
+
+    def start(job: tuple, env: dict) -> subprocess.Popen:
+        log = REPO / "runs" / "sweep-start" / f"{job[0]}-{job[2]}-{job[1]}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, __file__, "--steps", str(args.steps), "--one", job[0], job[1], str(job[2])]
+        return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                stderr=log.open("w", encoding="utf-8"), text=True)
+
+    def finished(job: tuple, process: subprocess.Popen) -> bool:
+        found = [line[4:] for line in process.stdout.read().splitlines() if line.startswith("ROW ")]
+        if process.returncode != 0 or not found:
+            print(f"failed {run_key(*job)} (exit {process.returncode})", file=sys.stderr, flush=True)
+            return False
+        rows[run_key(*job)] = json.loads(found[-1])
+        write_json_atomic(args.out, rows)
+        print(f"done {run_key(*job)}: last-quarter CE {rows[run_key(*job)]['last_quarter_cross_entropy']:.3f}", flush=True)
+        return True
+
+    run_side_by_side(todo, start, finished, args.jobs)
     print(start_sweep_table(rows))
     return 0
 

@@ -12,7 +12,6 @@ answers do not depend on the seed: it is recorded for seed 0 only.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import time
 from pathlib import Path
 
 from adaq_lora.atomic import staged
+from adaq_lora.grid.jobs import run_side_by_side
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = ("school_math", "alpaca_zh")
@@ -41,13 +41,12 @@ def work_dir(dataset: str, method: str, seed: int) -> Path:
     return REPO / "runs" / "cpu-grid" / dataset / method / f"seed{seed}"
 
 
-def start(cell: tuple[str, str, int]) -> subprocess.Popen:
+def start(cell: tuple[str, str, int], env: dict) -> subprocess.Popen:
     dataset, method, seed = cell
     work = work_dir(*cell)
     work.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "adaq_lora.cli", "run", "--method", method, "--dataset", dataset,
                "--profile", "cpu", "--seed", str(seed), "--out", str(work), "--quiet"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     log = open(work / "log.txt", "a", encoding="utf-8")
     return subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
 
@@ -89,24 +88,16 @@ def main(argv=None) -> int:
     if args.list:
         print("\n".join("/".join(map(str, cell)) for cell in todo) or "every cell is recorded")
         return 0
-    running: dict[tuple, subprocess.Popen] = {}
-    failed = []
-    while todo or running:
-        while todo and len(running) < args.jobs:
-            cell = todo.pop(0)
-            running[cell] = start(cell)
-            print(f"started {'/'.join(map(str, cell))}", flush=True)
-        time.sleep(5)
-        for cell, process in list(running.items()):
-            if process.poll() is None:
-                continue
-            del running[cell]
-            if process.returncode == 0:
-                print(f"recorded {keep(cell, args.commit)}", flush=True)
-            else:
-                failed.append(cell)
-                print(f"failed {'/'.join(map(str, cell))} (exit {process.returncode}): see "
-                      f"{work_dir(*cell) / 'log.txt'}", file=sys.stderr, flush=True)
+
+    def finished(cell: tuple[str, str, int], process: subprocess.Popen) -> bool:
+        if process.returncode == 0:
+            print(f"recorded {keep(cell, args.commit)}", flush=True)
+        else:
+            print(f"failed {'/'.join(map(str, cell))} (exit {process.returncode}): see "
+                  f"{work_dir(*cell) / 'log.txt'}", file=sys.stderr, flush=True)
+        return process.returncode == 0
+
+    failed = run_side_by_side(todo, start, finished, args.jobs)
     return 1 if failed else 0
 
 

@@ -59,3 +59,17 @@ def test_the_recorder_lists_only_the_data_sets_and_methods_asked_for(tmp_path, m
     record_grid.main(["--list", "--seeds", "1", "2", "--datasets", "alpaca_zh", "--methods", "lora", "qlora"])
     assert capsys.readouterr().out.split() == ["alpaca_zh/qlora/1", "alpaca_zh/lora/1", "alpaca_zh/qlora/2",
                                                "alpaca_zh/lora/2"]  # the grid's own order; base only for seed 1
+
+
+def test_side_by_side_runs_every_job_with_one_thread_and_reports_the_ones_that_failed():
+    import subprocess
+    import sys
+
+    from adaq_lora.grid.jobs import run_side_by_side
+
+    seen = []
+    check = "import os, sys; sys.exit(0 if os.environ['OMP_NUM_THREADS'] == '1' and int(sys.argv[1]) % 2 == 0 else 1)"
+    start = lambda item, env: subprocess.Popen([sys.executable, "-c", check, str(item)], env=env)
+    finished = lambda item, process: seen.append(item) or process.returncode == 0
+    assert run_side_by_side([0, 1, 2, 3], start, finished, jobs=2, poll_seconds=0.05) == [1, 3]
+    assert sorted(seen) == [0, 1, 2, 3]

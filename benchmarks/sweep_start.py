@@ -3,7 +3,7 @@
 Short runs of the ci profile raised to `--steps` training examples (one epoch: one step each), scored on a held-in
 split of the *training* data: the HELD_IN records of the 80% split that follow the cpu profile's 400 training records,
 never seen in training by any run here or in the grid, and never the test split. Every variant is one
-`grid.experiment.execute` with its adapter overrides, in its own process with one torch thread, two at a time; each
+`grid.experiment.execute` with its overrides of the profile, in its own process with one torch thread, two at a time; each
 finished run is added to `--out` (JSON, atomically) as soon as it lands, so a sweep cut off part way resumes by
 running the same command again. Beside the run's own figures (LM loss per step, held-in Avg and accuracy, median step
 time, peak memory of a step) each row traces how the adapters grow: every TRACE_EVERY steps, ‖ΔW‖_F of three
@@ -32,7 +32,7 @@ from adaq_lora.grid.jobs import run_side_by_side
 from adaq_lora.tuners import adapter_layers
 
 REPO = Path(__file__).resolve().parents[1]
-VARIANTS = {  # label: (method, adapter overrides); the adaq_lora rows name every start field they use
+VARIANTS = {  # label: (method, profile overrides); the adaq_lora rows name every start field they use
     "qlora": ("qlora", {}),
     "lora": ("lora", {}),
     "gaussian, λ×1 (AdaLoRA's start)": ("adaq_lora", {"svd_init": "gaussian", "lambda_lr_ratio": 1.0}),
@@ -41,6 +41,12 @@ VARIANTS = {  # label: (method, adapter overrides); the adaq_lora rows name ever
     "gradient, λ×1": ("adaq_lora", {"svd_init": "gradient", "lambda_lr_ratio": 1.0}),
     "gradient, λ×16": ("adaq_lora", {"svd_init": "gradient", "lambda_lr_ratio": 16.0}),
     "gradient, λ×64": ("adaq_lora", {"svd_init": "gradient", "lambda_lr_ratio": 64.0}),
+    "gradient at the Gaussian's lengths, λ×64": ("adaq_lora", {"svd_init": "gradient_std", "lambda_lr_ratio": 64.0}),
+    # the budget's falling phase over 30%-70% of the steps instead of 10%-80% (AdaLoRA's advice: about half)
+    "gaussian, λ×64, budget falls 30-70%": ("adaq_lora", {"svd_init": "gaussian", "lambda_lr_ratio": 64.0,
+                                                          "t_init_fraction": 0.3, "t_final_fraction": 0.3}),
+    "gradient, λ×64, budget falls 30-70%": ("adaq_lora", {"svd_init": "gradient", "lambda_lr_ratio": 64.0,
+                                                          "t_init_fraction": 0.3, "t_final_fraction": 0.3}),
 }
 HELD_IN_START, HELD_IN = 400, 24  # held-in records: training split [400, 424), after the cpu profile's 400
 MAX_NEW_TOKENS = 128  # enough for a School_math answer's final 答 line

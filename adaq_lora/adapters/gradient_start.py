@@ -4,7 +4,8 @@ Eq. 5 starts with Λ = 0, so ΔW = 0 whatever P and Q are, and the first steps m
 where G = ∂L/∂W is the weight's gradient and s the adapter's scale. With P and Q Gaussian that is G seen along a
 random rank-one direction, a small fraction of what G holds. If instead P and Q hold the top singular vectors of G
 (P = −U[:, :r], Q = Vh[:r], λ = 0), ΔW is still zero, and ∂L/∂λ_i = −s σ_i: every triplet starts on one of the
-steepest rank-one directions of the loss, and λ_i grows along it from the first step.
+steepest rank-one directions of the loss, and λ_i grows along it from the first step. Each column of P and row of
+Q keeps the length it had, so the start can be unit ("gradient") or at PEFT's Gaussian scale ("gradient_std").
 
 G is the gradient summed over the run's first training micro-batches (`AdaQConfig.gradient_start_batches`), taken
 with the model as it trains (dropout, gradient checkpointing, the fused loss). It is never held whole: every adapted
@@ -52,13 +53,14 @@ class _Sketch:
 
     @torch.no_grad()
     def start_layer(self) -> None:
-        """From G V (the last pass, V orthonormal): P = −U[:, :r], Q = (V W)ᵀ[:r], λ = 0. ΔW stays zero and each
-        ∂L/∂λ_i is −s σ_i, pointing λ_i upwards."""
+        """From G V (the last pass, V orthonormal): P = −U[:, :r], Q = (V W)ᵀ[:r], each column and row keeping the
+        length it had (1 from an orthonormal start), λ = 0. ΔW stays zero and ∂L/∂λ_i = −s σ_i ‖P_i‖ ‖Q_i‖."""
         u, _, wh = torch.linalg.svd(self.total, full_matrices=False)
         rows = wh @ self.probe.T  # the right singular vectors as rows, (V W)ᵀ
         rank = min(self.layer.r, u.shape[1])  # a matrix thinner than r keeps its first start beyond that
-        self.layer.lora_B[:, :rank] = -u[:, :rank].to(self.layer.lora_B.dtype)
-        self.layer.lora_A[:rank] = rows[:rank].to(self.layer.lora_A.dtype)
+        p, q = self.layer.lora_B, self.layer.lora_A
+        p[:, :rank] = (-u[:, :rank] * p[:, :rank].norm(dim=0)).to(p.dtype)
+        q[:rank] = (rows[:rank] * q[:rank].norm(dim=1, keepdim=True)).to(q.dtype)
         self.layer.lora_E.zero_()
 
 

@@ -3,8 +3,9 @@
 P ∈ R^{out×r} and Q ∈ R^{r×in} play the singular vectors and Λ = diag(λ) the singular values. λ starts at zero,
 so ΔW = 0 at the start (Sec. 2.2) whatever P and Q are. The paper draws them "random Gaussian" and leaves the scale
 open; `init` chooses: "gaussian", N(0, init_std²) as PEFT's AdaLoRA; "orthonormal", a Gaussian orthonormalised
-(columns of P, rows of Q); "gradient", orthonormal until `gradient_start.py` turns P and Q to the top singular
-vectors of the first training batches' gradient (`train()` does, before the first step). Each triplet G_i = (P[:, i], λ_i, Q[i, :]) has a mask
+(columns of P, rows of Q); "gradient" and "gradient_std", orthonormal or Gaussian until `gradient_start.py` turns each
+column of P and row of Q, keeping its length, to the top singular vectors of the first training batches' gradient
+(`train()` does, before the first step). Each triplet G_i = (P[:, i], λ_i, Q[i, :]) has a mask
 entry: a masked triplet contributes nothing to the output, but its singular vectors are not deleted. At each
 masking its λ_i is set to zero, as AdaLoRA's reference code and PEFT's `mask_to_budget` do, so a triplet that comes
 back starts from ΔW ≈ 0 instead of jumping by (α/r)·λ_i·P_i Q_i, the instability Sec. 2.2 says masking avoids. While
@@ -34,7 +35,7 @@ class SVDLinear(AdapterLayer):
         self.lora_A = nn.Parameter(torch.randn(r, self.in_features) * init_std)  # Q
         self.lora_E = nn.Parameter(torch.zeros(r, 1))  # λ, one singular value per row
         self.lora_B = nn.Parameter(torch.randn(self.out_features, r) * init_std)  # P
-        if init != "gaussian":  # "orthonormal", and "gradient" until its batches are seen
+        if init in ("orthonormal", "gradient"):  # "gradient" until its batches are seen; "gradient_std" stays Gaussian
             with torch.no_grad():
                 nn.init.orthogonal_(self.lora_A)  # orthonormal rows (QR of a Gaussian)
                 nn.init.orthogonal_(self.lora_B)  # orthonormal columns

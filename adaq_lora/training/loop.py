@@ -218,7 +218,7 @@ def _gradient_start(tuner: Tuner, examples: list[dict], pad_id: int, config: Tra
     A LoftQ start (`loftq_init`) has set P, λ and Q from the quantization error already and is kept: the two starts
     combine as LoftQ's P, λ, Q with the gradient start's learning rate for λ.
     """
-    if tuner.allocator is None or tuner.config.svd_init != "gradient" or tuner.config.loftq_init:
+    if tuner.allocator is None or not tuner.config.svd_init.startswith("gradient") or tuner.config.loftq_init:
         return 0.0
     began = time.perf_counter()
     world = current_world()

@@ -18,7 +18,7 @@ OPTIMIZERS = ("paged_adamw", "paged_adamw_8bit", "adamw")  # bitsandbytes' paged
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 SVD_STARTS = {  # named starts of the SVD adapters, (svd_init, lambda_lr_ratio); a method names its own (registry)
     "adalora": ("gaussian", 1.0),  # AdaLoRA's and PEFT's: P, Q ~ N(0, 0.02²), one learning rate; adaq_lora's until 2026-12
-    "adaq": ("gradient", 16.0),  # chosen by benchmarks/sweep_start.py on held-in training data (chapter 3)
+    "adaq": ("gradient_std", 64.0),  # chosen by benchmarks/sweep_start.py on held-in training data (chapter 3)
 }
 SVD_INITS = ("gaussian", "orthonormal", "gradient", "gradient_std")  # P, Q ~ N(0, init_std²) as PEFT's AdaLoRA; an
 # orthonormalised Gaussian; the top singular vectors of the first training batches' gradient (gradient_start.py), of

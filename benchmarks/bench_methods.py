@@ -75,7 +75,10 @@ def fixed_length_batches(tokenizer, count: int) -> list[dict[str, torch.Tensor]]
     pad_id = pad_token_id(tokenizer)
     batches = []
     for record in load_records(DATASET):
-        example = build_example(record, tokenizer, SEQUENCE_LENGTH)
+        try:
+            example = build_example(record, tokenizer, SEQUENCE_LENGTH)
+        except ValueError:  # a prompt of SEQUENCE_LENGTH tokens or more leaves no answer to learn: not a training batch
+            continue
         if len(example["input_ids"]) == SEQUENCE_LENGTH:
             batches.append(collate_examples([example], pad_id))
         if len(batches) == count:

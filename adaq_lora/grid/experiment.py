@@ -29,7 +29,6 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -133,9 +132,8 @@ def run_experiment(method: str, dataset: str, profile: str, *, out_dir: str | Pa
 
 
 def execute(experiment: Experiment, out_dir: str | Path, force: bool = False, progress: bool = True,
-            observe: Callable[[Tuner], Callable] | None = None) -> dict:
-    """Run `experiment` into `out_dir` (see `run_experiment`). `observe(tuner)`, if given, returns the `after_step`
-    observer the training loop calls after every step (e.g. a benchmark tracing the adapters' growth)."""
+            observe=None) -> dict:
+    """Run `experiment` into `out_dir`; `observe(tuner)`, if given, returns the loop's `after_step` observer."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     identity = experiment.identity()
@@ -255,12 +253,9 @@ def _difference(previous: dict, identity: dict) -> str:
 
 
 def _load_model(experiment: Experiment, progress: bool) -> tuple[torch.nn.Module, object, PrecisionPlan | None]:
-    """The base model, the tokenizer, and the precision plan when it has to be made before loading.
-
-    Float on the CPU profiles (`prepare` quantizes and plans). With `quantize_on_load` the 4-bit methods load in
-    NF4; adaq_lora's plan is then scored from the model's files first (`quant/file_plan.py`), and the matrices it
-    keeps above NF4 are loaded in 16 bits.
-    """
+    """The base model, the tokenizer, and the precision plan when it has to be made before loading: float on the CPU
+    profiles (`prepare` quantizes and plans); with `quantize_on_load` the 4-bit methods load in NF4, adaq_lora's plan
+    scored from the model's files first (`quant/file_plan.py`) and the matrices it keeps above NF4 in 16 bits."""
     p = experiment.profile
     dtype = p.base_dtype
     spec = method_spec(experiment.method)

@@ -3,7 +3,9 @@
 Paged AdamW from bitsandbytes, maximum gradient norm 0.1, batch size 1, a constant learning rate of 3e-4: the
 recipe of Sec. 3. The loss is the causal-LM cross-entropy on the answer tokens plus γ Σ_k R(P_k, Q_k) for the
 SVD methods (Sec. 2.3), and the rank allocator steps after every optimizer step, before `zero_grad`; when its
-final phase fixes the mask it compacts the adapters and the optimizer's state to the kept triplets.
+final phase fixes the mask it compacts the adapters and the optimizer's state to the kept triplets. Before the first
+step (not on resume) SVD adapters with a gradient start are turned to the first micro-batches' gradient
+(`adapters/gradient_start.py`), and the optimizer gets the tuner's parameter groups (λ's own learning rate).
 
 The batch order is a function of the seed and the step alone, and a checkpoint holds the trainable tensors, the
 optimizer and allocator state and the random generators' states (the CPU's and, on a GPU, every CUDA device's,

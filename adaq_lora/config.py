@@ -48,7 +48,7 @@ class AdaQConfig:
     init_std: float = 0.02  # std of the Gaussian start of A (Eq. 1) and of P, Q (Eq. 5), as PEFT's AdaLoRA
     svd_init: str | None = None  # start of P, Q (λ = 0 in all): one of SVD_INITS; None: the method's own (registry)
     lambda_lr_ratio: float | None = None  # λ's learning rate over P's and Q's (a parameter group); None: the method's own
-    gradient_start_batches: int = 4  # svd_init="gradient": first training micro-batches whose summed gradient is used
+    gradient_start_batches: int = 4  # svd_init "gradient"/"gradient_std": first micro-batches whose summed gradient is used
     loftq_init: bool = False  # adaq_lora: start ΔW at the best rank-init_r fit of the quantization error W − W0 (LoftQ, loftq.py)
     compact_ranks: bool = True  # in the final phase, shrink SVD adapters to their kept triplets and free the importance EMAs
     fused_loss: bool = True  # ours: the loss from the hidden states a chunk of tokens at a time, the logits never whole

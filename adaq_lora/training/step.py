@@ -23,7 +23,7 @@ from torch.profiler import record_function
 
 from ..adapters.gradient_start import gradient_start
 from ..tuners.tuner import Tuner
-from .distributed import (accumulating, check_masks_agree, current_world, mean_over_ranks, replicate, sum_over_ranks,
+from .distributed import (accumulating, check_masks_agree, mean_over_ranks, replicate, sum_over_ranks,
                           sum_tensor_over_ranks)
 from .fused_loss import FusedLossModel
 
@@ -100,8 +100,7 @@ def training_loss(tuner: Tuner, batch: dict) -> tuple[torch.Tensor, torch.Tensor
 def start_from_gradient(tuner: Tuner, batches: list[dict]) -> None:
     """Turn `tuner`'s SVD adapters to the top singular vectors of the loss gradient summed over `batches` (this
     process's share of the run's first micro-batches; `adapters/gradient_start.py`), with C as a step computes it."""
-    gradient_start(tuner.allocator.layers, batches, lambda batch: training_loss(tuner, batch)[1],
-                   sum_tensor_over_ranks if current_world().size > 1 else None)
+    gradient_start(tuner.allocator.layers, batches, lambda batch: training_loss(tuner, batch)[1], sum_tensor_over_ranks)
 
 
 def training_step(tuner: Tuner, batches: list[dict], optimizer: torch.optim.Optimizer,

@@ -102,9 +102,10 @@ class AdaQConfig:
             raise ValueError(f"gradient_start_batches must be a positive integer, got {self.gradient_start_batches!r}")
         if self.quant_type not in ("nf4", "fp4"):
             raise ValueError(f"quant_type must be 'nf4' or 'fp4', got {self.quant_type!r}")
-        if self.precision_budget_bits is not None and not 4 <= self.precision_budget_bits <= 16:
-            raise ValueError(f"precision_budget_bits must be between 4 (NF4 everywhere) and 16 (bfloat16 everywhere), "
-                             f"or None for QLoRA's layout; got {self.precision_budget_bits!r}")
+        if self.precision_budget_bits is not None and not 2.25 <= self.precision_budget_bits <= 16:
+            raise ValueError(f"precision_budget_bits must be between 2.25 (about NF2 everywhere, 2.13 bits with its "
+                             f"scales) and 16 (bfloat16 everywhere), or None for QLoRA's layout; "
+                             f"got {self.precision_budget_bits!r}")
         if self.compute_dtype not in COMPUTE_DTYPES:
             raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {self.compute_dtype!r}")
 

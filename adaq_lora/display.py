@@ -72,9 +72,11 @@ def memory_bars(ax, breakdowns: dict, title: str = "", unit: str = "MB", totals:
 
 def precision_plan_maps(plan) -> "matplotlib.figure.Figure":
     """Two maps of a `PrecisionPlan` over the decoder (matrix type × layer): each matrix's importance (log10 of the
-    loss NF4 storage would cost) and the bits per weight the plan gave it (chapter 6)."""
+    loss storage at the fewest bits would cost) and the bits per weight the plan gave it (chapter 6)."""
     import numpy as np
     from matplotlib import pyplot as plt
+
+    from .quant.blockwise import PRECISION_BITS
 
     decoder = {name: precision for name, precision in plan.precisions.items() if ".layers." in name}
     kinds = list(dict.fromkeys(name.rsplit(".", 1)[-1] for name in decoder))
@@ -82,12 +84,12 @@ def precision_plan_maps(plan) -> "matplotlib.figure.Figure":
     bits, importance = np.full((len(kinds), len(layers)), np.nan), np.full((len(kinds), len(layers)), np.nan)
     for name, precision in decoder.items():
         cell = kinds.index(name.rsplit(".", 1)[-1]), layers.index(int(name.split(".layers.")[1].split(".")[0]))
-        bits[cell] = {"nf4": 4, "int8": 8, "bf16": 16}[precision]
+        bits[cell] = PRECISION_BITS[precision]
         importance[cell] = np.log10(plan.importance[name] + 1e-30)
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.6))
     for ax, values, style, label, title in (
-            (axes[0], importance, dict(cmap="viridis"), "log10 ΔL of NF4 storage", "importance of each frozen decoder matrix"),
-            (axes[1], bits, dict(cmap="coolwarm", vmin=4, vmax=16), "bits per weight",
+            (axes[0], importance, dict(cmap="viridis"), "log10 ΔL at the fewest bits", "importance of each frozen decoder matrix"),
+            (axes[1], bits, dict(cmap="coolwarm", vmin=2, vmax=16), "bits per weight",
              f"the plan at {plan.budget_bits:g} bits per weight")):
         fig.colorbar(ax.imshow(values, aspect="auto", **style), ax=ax, label=label)
         ax.set(title=title, xlabel="decoder layer", yticks=range(len(kinds)), yticklabels=kinds)

@@ -51,15 +51,16 @@ def test_blockwise_rows_equal_bitsandbytes_dequantization_for_nf4_and_8_bit():
         assert torch.equal(matrix.rows(some), matrix.rows()[some])
 
 
-@pytest.mark.parametrize("precision,bits", [("nf4", 4.13), ("int8", 8.5), ("bf16", 16.0)])
+@pytest.mark.parametrize("precision,bits", [("nf2", 2.13), ("nf3", 3.13), ("nf4", 4.13), ("int8", 8.5), ("bf16", 16.0)])
 def test_bits_per_weight_of_each_precision(precision, bits):
     matrix = BlockwiseMatrix(torch.randn(1024, 1024), precision)  # large enough that the code tables vanish
     assert 8 * matrix.nbytes / 1024**2 == pytest.approx(bits, abs=0.01)
 
 
-def test_blockwise_linear_forward_and_backward_equal_a_dense_matmul_with_the_decoded_weight(monkeypatch):
+@pytest.mark.parametrize("precision", ["nf2", "nf3", "int8"])
+def test_blockwise_linear_forward_and_backward_equal_a_dense_matmul_with_the_decoded_weight(monkeypatch, precision):
     monkeypatch.setattr("adaq_lora.quant.blockwise.CHUNK_ROWS", 32)  # several chunks
-    layer = BlockwiseLinear(BlockwiseMatrix(torch.randn(100, 64), "int8"))
+    layer = BlockwiseLinear(BlockwiseMatrix(torch.randn(100, 64), precision))
     x = torch.randn(2, 5, 64, requires_grad=True)
     dense_x = x.detach().clone().requires_grad_(True)
     out, dense_out = layer(x), dense_x @ layer.weight.T
@@ -72,7 +73,7 @@ def test_blockwise_linear_forward_and_backward_equal_a_dense_matmul_with_the_dec
 
 def test_the_plan_meets_its_budget_and_more_budget_never_costs_more_error():
     errors = []
-    for budget in (4.2, 6.0, 9.0, 16.0):
+    for budget in (2.5, 3.0, 4.2, 6.0, 9.0, 16.0):
         model = make_tiny_llama()
         plan = plan_precision(model, budget)
         assert plan.bits_per_parameter <= budget
@@ -98,9 +99,9 @@ def test_reordering_by_importance_keeps_the_bytes_and_gives_the_bits_to_the_impo
     assert reordered == {"a": "bf16", "b": "nf4", "c": "int8"}
 
 
-def test_a_budget_below_nf4_everywhere_is_refused_with_the_minimum():
-    with pytest.raises(ValueError, match=r"below what NF4 everywhere takes \(4\.\d\d\)"):
-        plan_precision(make_tiny_llama(), 4.0)
+def test_a_budget_below_nf2_everywhere_is_refused_with_the_minimum():
+    with pytest.raises(ValueError, match=r"below what the fewest bits everywhere take \(2\.\d\d: NF2"):
+        plan_precision(make_tiny_llama(), 2.1)
 
 
 def test_a_tied_embedding_and_head_are_planned_once_and_share_one_storage():

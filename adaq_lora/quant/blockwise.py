@@ -6,7 +6,8 @@ memory saving beyond QLoRA's has to reach them. `adaq_lora.quant.precision` deci
 each frozen matrix gets; this module holds the result:
 
 - `BlockwiseMatrix` keeps one matrix as NF4 codes (bitsandbytes' `quantize_4bit`, with double quantization),
-  as 8-bit blockwise codes (bitsandbytes' `quantize_blockwise`, its dynamic 8-bit map) or as bfloat16. Blocks
+  as 3- or 2-bit normal-float codes (`adaq_lora.quant.normal_float`, scales double quantized as NF4's), as 8-bit
+  blockwise codes (bitsandbytes' `quantize_blockwise`, its dynamic 8-bit map) or as bfloat16. Blocks
   of 64 values run along rows, so when a row's length is a multiple of 64 any set of rows can be decoded
   without decoding the rest: codes and scales of row i sit at fixed offsets.
 - `BlockwiseEmbedding` looks tokens up by decoding just their rows.
@@ -23,9 +24,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .kernels import import_bitsandbytes
-from .nf4 import BLOCKSIZE, SCALE_BLOCKSIZE
+from .nf4 import BLOCKSIZE, SCALE_BLOCKSIZE, quantize_blockwise
+from .normal_float import decode_codes, nf_levels, pack_codes
 
-PRECISIONS = ("nf4", "int8", "bf16")  # from the fewest bits to the most
+PRECISION_BITS = {"nf2": 2, "nf3": 3, "nf4": 4, "int8": 8, "bf16": 16}  # each precision's bits per weight, codes only
+PRECISIONS = tuple(PRECISION_BITS)  # from the fewest bits to the most
+NORMAL_FLOAT_BELOW_4 = {"nf2": 2, "nf3": 3}  # the codes `normal_float` packs; NF4 is bitsandbytes'
 CHUNK_ROWS = 4096  # rows decoded at once by BlockwiseLinear: 4096 × 576 floats ≈ 9 MB on the default model
 
 
@@ -56,6 +60,19 @@ class BlockwiseMatrix(nn.Module):
             self.register_buffer("absmax_scales", state.state2.absmax)
             self.register_buffer("absmax_table", state.state2.code)
             self.register_buffer("table", state.code)
+        elif precision in NORMAL_FLOAT_BELOW_4:
+            bits = NORMAL_FLOAT_BELOW_4[precision]
+            levels = nf_levels(bits).to(weight.device)
+            codes, absmax = quantize_blockwise(weight, levels, BLOCKSIZE)
+            self.register_buffer("codes", pack_codes(codes.view(self.shape), bits))
+            # The scales are double quantized as bitsandbytes does NF4's: 8-bit codes of their offsets from the mean.
+            offset = absmax.mean()
+            absmax_codes, state = functional.quantize_blockwise(absmax - offset, blocksize=SCALE_BLOCKSIZE)
+            self.register_buffer("absmax_codes", absmax_codes)
+            self.register_buffer("absmax_offset", offset)
+            self.register_buffer("absmax_scales", state.absmax)
+            self.register_buffer("absmax_table", state.code)
+            self.register_buffer("table", levels)
         else:
             codes, state = functional.quantize_blockwise(weight.float(), blocksize=BLOCKSIZE)
             self.register_buffer("codes", codes.view(self.shape[0], -1))
@@ -70,7 +87,7 @@ class BlockwiseMatrix(nn.Module):
 
     def _row_scales(self) -> torch.Tensor:
         """The block absmax values, one row of them per matrix row (NF4 keeps them 8-bit: decode them first)."""
-        if self.precision == "nf4":
+        if self.precision != "int8":  # NF4 and the normal-float codes below it keep 8-bit scales
             functional = import_bitsandbytes().functional
             state = functional.QuantState(absmax=self.absmax_scales, code=self.absmax_table, blocksize=SCALE_BLOCKSIZE,
                                           dtype=torch.float32)
@@ -86,6 +103,10 @@ class BlockwiseMatrix(nn.Module):
         if self.precision == "bf16":
             return codes.to(self.dtype)
         functional = import_bitsandbytes().functional
+        if self.precision in NORMAL_FLOAT_BELOW_4:
+            levels = decode_codes(codes, NORMAL_FLOAT_BELOW_4[self.precision], self.table)
+            blocks = levels.view(codes.shape[0], -1, BLOCKSIZE) * self._row_scales()[index].unsqueeze(-1)
+            return blocks.view(codes.shape[0], self.shape[1]).to(self.dtype)
         scales = self._row_scales()[index].reshape(-1)
         n_rows = codes.shape[0]
         if self.precision == "nf4":

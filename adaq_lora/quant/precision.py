@@ -11,11 +11,13 @@ measured on a few calibration examples, one example per backward pass so that F 
 per-example gradients. Without calibration data F ≡ 1 (the plain squared error). A matrix's importance is its
 Fisher-weighted NF4 error: what storing it in the fewest bits would cost.
 
-The plan: every matrix starts at NF4; upgrades (NF4 → 8-bit → bfloat16) are bought greedily, the largest error
-reduction per extra byte first, while the total stays within `budget_bits` per parameter. Then, within each group
-of matrices of the same shape (whose upgrades cost the same), the chosen precisions are handed out again in order
-of importance, so a more important matrix never gets fewer bits than a less important one of its shape; the
-bytes do not change.
+The plan: every matrix starts at the fewest bits it can be stored in (NF2, `adaq_lora.quant.normal_float`); upgrades
+(NF2 → NF3 → NF4 → 8-bit → bfloat16) are bought greedily, the largest error reduction per extra byte first, while the
+total stays within `budget_bits` per parameter. A matrix's importance is its Fisher-weighted error at that floor.
+Then, within each group of matrices of the same shape (whose upgrades cost the same), the chosen precisions are
+handed out again in order of importance, so a more important matrix never gets fewer bits than a less important
+one of its shape; the bytes do not change. A budget below NF4's 4.13 bits is spent the same way: the matrices
+that matter least go down to 3 or 2 bits so that those that matter most can keep 4 or more.
 
 The budget is in bits per weight of the whole base, so what it buys depends on the model. On SmolLM2-135M, whose tied
 embedding/head is a fifth of the weights, 6 bits (the default) keeps that matrix at 8 bits; at 4.5 the plan stores it
@@ -49,8 +51,8 @@ CALIBRATION_EXAMPLES = 8  # examples whose squared gradients estimate F; more co
 @dataclass
 class PrecisionPlan:
     budget_bits: float  # the budget: average bits per planned parameter, constants included
-    precisions: dict[str, str]  # module name → "nf4", "int8" or "bf16"
-    importance: dict[str, float]  # module name → ½ Σ F (W − NF4(W))², the loss NF4 storage would cost
+    precisions: dict[str, str]  # module name → one of blockwise.PRECISIONS ("nf2" … "bf16")
+    importance: dict[str, float]  # module name → ½ Σ F (W − Q(W))² at its fewest bits: what the floor would cost
     nbytes: dict[str, int]  # module name → bytes at the chosen precision
     parameters: dict[str, int]  # module name → elements of the matrix
     tied: dict[str, list[str]] = field(default_factory=dict)  # module name → other modules sharing the matrix
@@ -166,8 +168,9 @@ def choose_precisions(scores: dict[str, tuple[dict[str, float], dict[str, int]]]
     levels = {name: 0 for name in scores}
     spent = sum(sizes[name][options[name][0]] for name in scores)
     if spent > budget:
-        raise ValueError(f"precision budget {budget_bits:g} bits per parameter is below what NF4 everywhere takes "
-                         f"({8 * spent / sum(parameters.values()):.2f}); raise precision_budget_bits to at least that")
+        raise ValueError(f"precision budget {budget_bits:g} bits per parameter is below what the fewest bits "
+                         f"everywhere take ({8 * spent / sum(parameters.values()):.2f}: NF2 where a row's length is a "
+                         f"multiple of {BLOCKSIZE}, bfloat16 elsewhere); raise precision_budget_bits to at least that")
     while True:
         best, best_ratio = None, -1.0
         for name, level in levels.items():

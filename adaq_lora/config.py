@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 OPTIMIZERS = ("paged_adamw", "paged_adamw_8bit", "adamw")  # bitsandbytes' paged AdamW (the paper's, Sec. 3), its
 # 8-bit-state variant (two bytes per adapter weight instead of eight; no rank compaction), or torch's
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
+PRECISION_FLOORS = ("nf2", "nf3", "nf4")  # the lowest precisions a plan may start from (of quant.blockwise.PRECISIONS)
 SVD_STARTS = {  # named starts of the SVD adapters, (svd_init, lambda_lr_ratio); a method names its own (registry)
     "adalora": ("gaussian", 1.0),  # AdaLoRA's and PEFT's: P, Q ~ N(0, 0.02²), one learning rate; adaq_lora's until 2026-12
     "adaq": ("gradient_std", 64.0),  # chosen by benchmarks/sweep_start.py on held-in training data (chapter 3)
@@ -44,6 +45,7 @@ class AdaQConfig:
     quant_type: str = "nf4"  # 4-bit storage of the frozen base: "nf4" (the paper's) or "fp4"
     double_quant: bool = True  # quantize the block absmax values again (QLoRA's double quantization)
     precision_budget_bits: float | None = 6.0  # adaq_lora: mean bits per frozen weight, embedding and head included; None: QLoRA's layout
+    precision_floor: str = "nf2"  # adaq_lora: the fewest bits the plan may give a matrix; "nf4" is the plan before NF3/NF2
     compute_dtype: str = "auto"  # dtype of the 4-bit layers' matmuls: auto = float32 on CPU, bfloat16 on GPU
     init_std: float = 0.02  # std of the Gaussian start of A (Eq. 1) and of P, Q (Eq. 5), as PEFT's AdaLoRA
     svd_init: str | None = None  # start of P, Q (λ = 0 in all): one of SVD_INITS; None: the method's own (registry)
@@ -106,6 +108,8 @@ class AdaQConfig:
             raise ValueError(f"precision_budget_bits must be between 2.25 (about NF2 everywhere, 2.13 bits with its "
                              f"scales) and 16 (bfloat16 everywhere), or None for QLoRA's layout; "
                              f"got {self.precision_budget_bits!r}")
+        if self.precision_floor not in PRECISION_FLOORS:
+            raise ValueError(f"precision_floor must be one of {PRECISION_FLOORS}, got {self.precision_floor!r}")
         if self.compute_dtype not in COMPUTE_DTYPES:
             raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {self.compute_dtype!r}")
 

@@ -148,17 +148,18 @@ def rank_pattern_map(pattern: dict, init_r: int, target_r: int) -> tuple:
     return fig, grid
 
 
-def start_sweep_table(rows: dict) -> str:
-    """The start sweep (benchmarks/sweep_start.py) as Markdown: per data set and variant, means over its seeds of the
-    last-quarter cross-entropy (and its ratio to qlora's on the same seeds), held-in Avg and accuracy, step time and
-    peak memory, in the order the rows were run."""
+def sweep_table(rows: dict, columns: tuple[tuple[str, str, str], ...] = ()) -> str:
+    """A held-in sweep (benchmarks/held_in.py) as Markdown: per data set and variant, means over its seeds of the
+    last-quarter cross-entropy (and its ratio to qlora's on the same seeds), held-in Avg and accuracy, step time, peak
+    memory and `columns` ((header, row key, format); "—" where a row lacks the key), in the order the rows were run."""
     import statistics
 
     groups: dict[tuple[str, str], list[dict]] = {}
     for row in rows.values():
         groups.setdefault((row["dataset"], row["variant"]), []).append(row)
     lines = ["| data set | variant | seeds | last-quarter CE | × qlora's | held-in Avg | held-in accuracy | s/step "
-             "| start s | peak MiB |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| peak MiB | " + "".join(f"{header} | " for header, _, _ in columns),
+             "|---" * (9 + len(columns)) + "|"]
     for (dataset, variant), members in sorted(groups.items(), key=lambda item: item[0][0]):
         def mean(key, among=members):
             return statistics.fmean(row[key] for row in among)
@@ -167,10 +168,61 @@ def start_sweep_table(rows: dict) -> str:
         peers = [row for row in groups.get((dataset, "qlora"), []) if row["seed"] in seeds]
         ratio = (f"{mean('last_quarter_cross_entropy') / mean('last_quarter_cross_entropy', peers):.2f}"
                  if len(peers) == len(members) else "—")
+        extra = "".join(f"{mean(key):{spec}} | " if all(key in row for row in members) else "— | "
+                        for _, key, spec in columns)
         lines.append(f"| {dataset} | {variant} | {','.join(map(str, seeds))} | {mean('last_quarter_cross_entropy'):.3f} "
                      f"| {ratio} | {mean('held_in_avg'):.3f} | {mean('held_in_accuracy'):.3f} "
-                     f"| {mean('median_step_seconds'):.2f} | {mean('start_seconds'):.0f} | {mean('memory_mb'):.0f} |")
+                     f"| {mean('median_step_seconds'):.2f} | {mean('memory_mb'):.0f} | {extra}")
     return "\n".join(lines)
+
+
+def start_sweep_table(rows: dict) -> str:
+    """The start sweep (benchmarks/sweep_start.py, chapter 3): `sweep_table` with the start's seconds."""
+    return sweep_table(rows, (("start s", "start_seconds", ".0f"),))
+
+
+def budget_sweep_table(rows: dict) -> str:
+    """The budget sweep (benchmarks/sweep_budget.py, chapter 6): `sweep_table` with the plan's bits a weight and the
+    frozen base's, as the run's memory breakdown holds it (scales, norms and the code tables included)."""
+    return sweep_table(rows, (("plan bits", "plan_bits", ".2f"), ("bits held", "frozen_bits_measured", ".2f")))
+
+
+def budget_curves(rows: dict, datasets: tuple[str, ...] = ("school_math", "alpaca_zh")):
+    """Three panels for chapter 6 from the budget sweep: last-quarter cross-entropy over qlora's, held-in accuracy
+    and peak memory against the plan's bits a weight (means over seeds; qlora dashed; LoftQ's start as triangles)."""
+    import statistics
+
+    from matplotlib import pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for dataset in datasets:
+        def mean(variant, key):
+            members = [row for row in rows.values() if (row["dataset"], row["variant"]) == (dataset, variant)]
+            return statistics.fmean(row[key] for row in members) if members else None
+
+        qlora_ce = mean("qlora", "last_quarter_cross_entropy")
+        for marker, suffix in (("o-", " bits"), ("^", " bits, LoftQ start")):
+            variants = sorted({row["variant"] for row in rows.values() if row["dataset"] == dataset
+                               and row["variant"].endswith(suffix) and row["variant"][0].isdigit()},
+                              key=lambda v: float(v.split()[0]))
+            if not variants or qlora_ce is None:
+                continue
+            bits = [mean(v, "plan_bits") for v in variants]
+            label = dataset + ("" if suffix == " bits" else ", LoftQ start")
+            line, = axes[0].plot(bits, [mean(v, "last_quarter_cross_entropy") / qlora_ce for v in variants], marker,
+                                 label=label)
+            axes[1].plot(bits, [mean(v, "held_in_accuracy") for v in variants], marker, color=line.get_color())
+            axes[2].plot(bits, [mean(v, "memory_mb") for v in variants], marker, color=line.get_color())
+            if suffix == " bits":
+                axes[1].axhline(mean("qlora", "held_in_accuracy"), ls="--", color=line.get_color(), lw=1)
+                axes[2].axhline(mean("qlora", "memory_mb"), ls="--", color=line.get_color(), lw=1)
+    axes[0].axhline(1.0, ls="--", color="grey", lw=1)
+    axes[0].set(title="last-quarter cross-entropy / qlora's", xlabel="frozen base: bits a weight", ylabel="ratio")
+    axes[1].set(title="held-in accuracy (qlora dashed)", xlabel="frozen base: bits a weight", ylabel="accuracy")
+    axes[2].set(title="peak memory of a step (qlora dashed)", xlabel="frozen base: bits a weight", ylabel="MiB")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 def start_sweep_curves(rows: dict, dataset: str, variants: list[str], seed: int = 0, window: int = 20):

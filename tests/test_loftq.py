@@ -9,14 +9,18 @@ from adaq_lora.adapters.svd_adapter import orthogonality_penalty, svd_layers
 from conftest import make_tiny_llama
 
 
-@pytest.mark.parametrize("budget_bits", [None, 4.5], ids=["qlora-layout", "precision-plan"])
+@pytest.mark.parametrize("budget_bits", [None, 4.5, 2.5], ids=["qlora-layout", "precision-plan", "below-4-bits"])
 def test_loftq_start_leaves_only_the_residual_beyond_rank_r(budget_bits):
-    """||W − (W0_quant + ΔW)||_F = sqrt(Σ_{i>r} σ_i²) of R = W − W0_quant (Eckart–Young), on every target."""
+    """||W − (W0_quant + ΔW)||_F = sqrt(Σ_{i>r} σ_i²) of R = W − W0_quant (Eckart–Young), on every target, whatever
+    the base's precision (at 2.5 bits most targets are stored in NF3 or NF2)."""
     full = make_tiny_llama()
     config = AdaQConfig(loftq_init=True, precision_budget_bits=budget_bits)
     model = apply_method(make_tiny_llama(), "adaq_lora", config)
     layers = svd_layers(model)
     assert len(layers) == 14  # 7 target matrices in each of the 2 decoder layers
+    if budget_bits == 2.5:
+        assert sum(getattr(getattr(layer.base_layer, "matrix", None), "precision", "") in ("nf2", "nf3")
+                   for layer in layers.values()) >= 7
     for name, layer in layers.items():
         with torch.no_grad():
             residual = full.get_submodule(name).weight - dequantized_weight(layer.base_layer).float()

@@ -265,7 +265,8 @@ def _load_model(experiment: Experiment, progress: bool) -> tuple[torch.nn.Module
 
         kept = None
         if spec.precision_plan and p.adapter.precision_budget_bits is not None:
-            plan = plan_precision_from_files(model_folder(p.model), p.adapter.precision_budget_bits, p.device, progress)
+            plan = plan_precision_from_files(model_folder(p.model), p.adapter.precision_budget_bits, p.device, progress,
+                                             p.adapter.precision_floor)
             kept = modules_kept_in_16_bits(plan)
         quantization_config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                                  bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype,

@@ -35,7 +35,7 @@ def weight_files(folder: str | Path) -> list[Path]:
 
 
 def plan_precision_from_files(folder: str | Path, budget_bits: float, device: str | torch.device = "cpu",
-                              progress: bool = True) -> PrecisionPlan:
+                              progress: bool = True, floor: str = "nf2") -> PrecisionPlan:
     """The data-free plan of the model in `folder` (config.json and safetensors shards) within `budget_bits`.
 
     Every 2-D floating-point `*.weight` tensor is a matrix of a linear layer or an embedding; norms and biases are
@@ -60,7 +60,7 @@ def plan_precision_from_files(folder: str | Path, budget_bits: float, device: st
     if config.get("tie_word_embeddings") and not set(OUTPUT_HEADS) & set(scores):  # the head has no weight of its own
         embedding = next(name for name in scores if name.endswith("embed_tokens"))
         tied = {embedding: list(OUTPUT_HEADS)}
-    return choose_precisions(scores, shapes, budget_bits, tied, calibrated=False)
+    return choose_precisions(scores, shapes, budget_bits, tied, calibrated=False, floor=floor)
 
 
 def modules_kept_in_16_bits(plan: PrecisionPlan) -> list[str]:

@@ -145,8 +145,10 @@ def score_matrix(weight: torch.Tensor, weighting: torch.Tensor | None = None) ->
     return errors, sizes
 
 
-def plan_precision(model: nn.Module, budget_bits: float, calibration: list[dict] | None = None) -> PrecisionPlan:
-    """Score every frozen matrix of the full-precision `model` and choose its precision within `budget_bits`."""
+def plan_precision(model: nn.Module, budget_bits: float, calibration: list[dict] | None = None,
+                   floor: str = "nf2") -> PrecisionPlan:
+    """Score every frozen matrix of the full-precision `model` and choose its precision within `budget_bits`, none
+    below `floor`."""
     matrices = frozen_matrices(model)
     fisher = fisher_diagonal(model, list(matrices), calibration) if calibration else {}
     scores, shapes = {}, {}
@@ -154,23 +156,25 @@ def plan_precision(model: nn.Module, budget_bits: float, calibration: list[dict]
         weight = model.get_submodule(name).weight.detach()  # detached: no autograd graph while scoring
         scores[name], shapes[name] = score_matrix(weight, fisher.pop(name, None)), tuple(weight.shape)
     return choose_precisions(scores, shapes, budget_bits, {name: shared for name, shared in matrices.items() if shared},
-                             calibrated=bool(calibration))
+                             calibrated=bool(calibration), floor=floor)
 
 
 def choose_precisions(scores: dict[str, tuple[dict[str, float], dict[str, int]]], shapes: dict[str, tuple[int, ...]],
-                      budget_bits: float, tied: dict[str, list[str]], calibrated: bool) -> PrecisionPlan:
+                      budget_bits: float, tied: dict[str, list[str]], calibrated: bool,
+                      floor: str = "nf2") -> PrecisionPlan:
     """The greedy plan of the module docstring over matrices already scored (`score_matrix`), by name."""
     errors = {name: errors for name, (errors, _) in scores.items()}
     sizes = {name: sizes for name, (_, sizes) in scores.items()}
     parameters = {name: math.prod(shape) for name, shape in shapes.items()}
     budget = budget_bits * sum(parameters.values()) / 8
-    options = {name: [p for p in PRECISIONS if p in sizes[name]] for name in scores}
+    options = {name: [p for p in PRECISIONS[PRECISIONS.index(floor):] if p in sizes[name]] for name in scores}
     levels = {name: 0 for name in scores}
     spent = sum(sizes[name][options[name][0]] for name in scores)
     if spent > budget:
         raise ValueError(f"precision budget {budget_bits:g} bits per parameter is below what the fewest bits "
-                         f"everywhere take ({8 * spent / sum(parameters.values()):.2f}: NF2 where a row's length is a "
-                         f"multiple of {BLOCKSIZE}, bfloat16 elsewhere); raise precision_budget_bits to at least that")
+                         f"everywhere take ({8 * spent / sum(parameters.values()):.2f}: {floor.upper()} where a row's "
+                         f"length is a multiple of {BLOCKSIZE}, bfloat16 elsewhere); raise precision_budget_bits to at "
+                         "least that")
     while True:
         best, best_ratio = None, -1.0
         for name, level in levels.items():

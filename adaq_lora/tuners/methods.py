@@ -93,7 +93,8 @@ def apply_ours(model: nn.Module, spec: MethodSpec, config: AdaQConfig, calibrati
         if spec.quantized:
             compute_dtype = resolve_compute_dtype(config, next(model.parameters()).device)
             if spec.precision_plan and (precision_plan is not None or config.precision_budget_bits is not None):
-                plan = precision_plan or plan_precision(model, config.precision_budget_bits, calibration)
+                plan = precision_plan or plan_precision(model, config.precision_budget_bits, calibration,
+                                                        config.precision_floor)
                 apply_precision_plan(model, plan, compute_dtype)
             else:
                 quantize_model(model, quant_type=config.quant_type, double_quant=config.double_quant,

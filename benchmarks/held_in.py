@@ -84,7 +84,7 @@ def sweep_main(script: str, variants: list[str], default_out: Path, run_one: Cal
     if args.table:
         print(table(rows))
         return 0
-    todo = [(d, v, s) for s in args.seeds for d in args.datasets for v in args.variants if run_key(d, v, s) not in rows]
+    todo = [(d, v, s) for s in args.seeds for v in args.variants for d in args.datasets if run_key(d, v, s) not in rows]
 
     def start(job: tuple, env: dict) -> subprocess.Popen:
         log = runs / f"{job[0]}-{job[2]}-{job[1]}.log"

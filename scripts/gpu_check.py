@@ -11,7 +11,7 @@ sentencepiece and bitsandbytes (not datasets, jieba or nltk), and needs no netwo
 1. kernels: bitsandbytes' CUDA `dequantize_4bit` against the NF4 reference (quant/nf4.py), and a bfloat16
    `Linear4bit` forward against x · reference(W)ᵀ;
 2. quantize_on_load: the SmolLM2 shape saved as safetensors, its precision plan scored from the files and the
-   model loaded by transformers in NF4 with the plan's 16-bit matrices kept (quant/file_plan.py);
+   model loaded by transformers in NF4 and the plan's other matrices read again from the files (quant/file_plan.py);
 3. compaction of paged AdamW's state in CUDA memory, and exact resume on CUDA across it (adaq_lora, dropout on,
    so the CUDA generator's state in the checkpoint matters);
 4. ChatGLM2-6B at 512 tokens, bfloat16, every method of Tables 1-2 and PEFT's QLoRA and AdaLoRA: the peak of one
@@ -41,7 +41,7 @@ from adaq_lora.chatglm import glm_config  # noqa: E402
 from adaq_lora.config import AdaQConfig, TrainConfig  # noqa: E402
 from adaq_lora.measure.memory_model import predict_training_memory  # noqa: E402
 from adaq_lora.profiles import load_profile  # noqa: E402
-from adaq_lora.quant.file_plan import modules_kept_in_16_bits, plan_precision_from_files  # noqa: E402
+from adaq_lora.quant.file_plan import plan_precision_from_files  # noqa: E402
 from adaq_lora.quant.kernels import import_bitsandbytes, reference_dequantize  # noqa: E402
 from adaq_lora.training import make_optimizer, set_gradient_checkpointing, train, training_step  # noqa: E402
 from adaq_lora.tuners import prepare  # noqa: E402
@@ -116,12 +116,11 @@ def check_quantize_on_load(smoke: bool, device: str) -> dict:
         plan = plan_precision_from_files(folder, budget, device, progress=False)
         plan_seconds = time.perf_counter() - began
         quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                          bnb_4bit_compute_dtype=torch.bfloat16,
-                                          llm_int8_skip_modules=modules_kept_in_16_bits(plan))
+                                          bnb_4bit_compute_dtype=torch.bfloat16)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16, quantization_config=quantization,
                                                      device_map=device)
-    config = AdaQConfig(precision_budget_bits=budget, compute_dtype="bfloat16", total_steps=100)
-    tuner = prepare(model, "adaq_lora", config, precision_plan=plan)
+        config = AdaQConfig(precision_budget_bits=budget, compute_dtype="bfloat16", total_steps=100)
+        tuner = prepare(model, "adaq_lora", config, precision_plan=plan)  # reads the plan's other matrices from folder
     with torch.no_grad():
         logits = tuner.model(**batch(model.config.vocab_size, 64, device, 0)).logits
     counts = {p: list(plan.precisions.values()).count(p) for p in ("nf4", "int8", "bf16")}

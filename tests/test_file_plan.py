@@ -1,13 +1,14 @@
 """The precision plan of a base loaded in 4 bits (the paper profile's path): scored from the model's files, it
 decides over the decoder too, and the base transformers loads is stored exactly as the plan says."""
+from dataclasses import replace
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig, LlamaConfig, LlamaForCausalLM
-from transformers.quantizers.quantizers_utils import should_convert_module
 
 from adaq_lora import AdaQConfig, prepare
 from adaq_lora.quant.blockwise import BlockwiseEmbedding, BlockwiseLinear
-from adaq_lora.quant.file_plan import modules_kept_in_16_bits, plan_precision_from_files
+from adaq_lora.quant.file_plan import plan_precision_from_files
 from adaq_lora.quant.kernels import import_bitsandbytes
 from adaq_lora.quant.precision import plan_precision
 from conftest import TINY_LLAMA
@@ -23,9 +24,9 @@ def saved_llama(folder, tied: bool):
     return model
 
 
-def load_in_4_bits(folder, kept):
+def load_in_4_bits(folder):
     quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                      bnb_4bit_compute_dtype=torch.float32, llm_int8_skip_modules=kept)
+                                      bnb_4bit_compute_dtype=torch.float32)
     return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, quantization_config=quantization).eval()
 
 
@@ -42,11 +43,16 @@ def test_the_plan_scored_from_the_files_is_the_data_free_plan_of_the_model_in_me
     assert len(decoder) == 2 * 7 and {"nf4", "int8"} <= set(decoder.values())  # decisions over the decoder
 
 
-def test_a_base_loaded_in_4_bits_is_stored_as_the_plan_says_and_computes_as_the_in_memory_path(tmp_path):
+@pytest.mark.parametrize("budget", [BUDGET, 3.0], ids=["above-nf4", "below-nf4"])
+def test_a_base_loaded_in_4_bits_is_stored_as_the_plan_says_and_computes_as_the_in_memory_path(tmp_path, budget):
+    """transformers loads every decoder matrix in NF4; those planned otherwise are read again from the files."""
     model = saved_llama(tmp_path, tied=False)
-    plan = plan_precision_from_files(tmp_path, BUDGET, progress=False)
-    loaded = prepare(load_in_4_bits(tmp_path, modules_kept_in_16_bits(plan)), "adaq_lora", CONFIG,
-                     precision_plan=plan)
+    plan = plan_precision_from_files(tmp_path, budget, progress=False)
+    assert plan.source == str(tmp_path)
+    decoder = {p for name, p in plan.precisions.items() if ".layers." in name}
+    assert decoder & ({"int8", "bf16"} if budget == BUDGET else {"nf2", "nf3"})  # the case is really tested
+    config = replace(CONFIG, precision_budget_bits=budget)
+    loaded = prepare(load_in_4_bits(tmp_path), "adaq_lora", config, precision_plan=plan)
     linear4bit = import_bitsandbytes().nn.Linear4bit
     for name, precision in plan.precisions.items():
         layer = loaded.model.get_submodule(name)
@@ -56,32 +62,17 @@ def test_a_base_loaded_in_4_bits_is_stored_as_the_plan_says_and_computes_as_the_
         else:
             assert isinstance(layer, (BlockwiseLinear, BlockwiseEmbedding)) and layer.matrix.precision == precision, name
     torch.manual_seed(0)
-    in_memory = prepare(model, "adaq_lora", CONFIG, precision_plan=plan)
+    in_memory = prepare(model, "adaq_lora", config, precision_plan=plan)
     input_ids = torch.arange(1, 11).unsqueeze(0)
     with torch.no_grad():
         expected, got = in_memory.model(input_ids=input_ids).logits, loaded.model(input_ids=input_ids).logits
     assert torch.allclose(got, expected, atol=1e-5), float((got - expected).abs().max())
 
 
-def test_a_plan_above_nf4_is_refused_on_a_base_loaded_all_in_4_bits(tmp_path):
+def test_a_plan_without_its_files_is_refused_on_a_base_loaded_in_4_bits(tmp_path):
     saved_llama(tmp_path, tied=False)
     plan = plan_precision_from_files(tmp_path, BUDGET, progress=False)
-    with pytest.raises(ValueError, match="was loaded in 4 bits but the plan stores it at int8"):
-        prepare(load_in_4_bits(tmp_path, None), "adaq_lora", CONFIG, precision_plan=plan)
-
-
-def test_a_kept_layer_does_not_keep_its_namesakes_in_later_layers(tmp_path):
-    saved_llama(tmp_path, tied=False)
-    plan = plan_precision_from_files(tmp_path, BUDGET, progress=False)
-    plan.precisions = {name: "nf4" for name in plan.precisions} | {"model.layers.1.mlp.down_proj": "int8"}
-    kept = modules_kept_in_16_bits(plan)
-    assert kept[0] == "lm_head"
-    assert not should_convert_module("model.layers.1.mlp.down_proj", kept)
-    assert should_convert_module("model.layers.11.mlp.down_proj", kept)
-    assert should_convert_module("model.layers.1.mlp.up_proj", kept)
-
-
-def test_a_folder_without_safetensors_is_refused_by_name(tmp_path):
-    (tmp_path / "config.json").write_text("{}")
-    with pytest.raises(FileNotFoundError, match="no \\*.safetensors weights in"):
-        plan_precision_from_files(tmp_path, BUDGET)
+    plan.source = None  # as an in-memory plan has none
+    with pytest.raises(ValueError, match="was loaded in 4 bits but the plan stores it at int8, and the plan does not "
+                                         "say which files"):
+        prepare(load_in_4_bits(tmp_path), "adaq_lora", CONFIG, precision_plan=plan)

@@ -41,7 +41,7 @@ from ..scoring.accuracy import accuracy_scores, answer_kind
 from ..scoring.metrics import METRIC_NAMES, bootstrap_intervals, per_example_scores
 from ..models import DEFAULT_MODEL, load_model, model_folder
 from ..measure.memory import measure_training_memory
-from ..quant.file_plan import modules_kept_in_16_bits, plan_precision_from_files
+from ..quant.file_plan import plan_precision_from_files
 from ..quant.precision import PrecisionPlan, calibration_batches
 from ..profiles import Profile, cpu_description, load_profile
 from ..training import float32_products, set_gradient_checkpointing, steps_for, train
@@ -263,14 +263,12 @@ def _load_model(experiment: Experiment, progress: bool) -> tuple[torch.nn.Module
     if p.quantize_on_load and spec.quantized:
         from transformers import BitsAndBytesConfig
 
-        kept = None
         if spec.precision_plan and p.adapter.precision_budget_bits is not None:
             plan = plan_precision_from_files(model_folder(p.model), p.adapter.precision_budget_bits, p.device, progress,
                                              p.adapter.precision_floor)
-            kept = modules_kept_in_16_bits(plan)
+        # every decoder matrix in NF4; `prepare` re-reads from the files those the plan stores otherwise, one at a time
         quantization_config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                 bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype,
-                                                 llm_int8_skip_modules=kept)
+                                                 bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
     device = f"cuda:{current_world().local_rank}" if p.device == "cuda" else None  # one GPU per process
     model, tokenizer = load_model(p.model, dtype=dtype, device=device, quantization_config=quantization_config)
     return model, tokenizer, plan

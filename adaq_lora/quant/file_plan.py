@@ -8,15 +8,15 @@ only NF4 codes, from which nothing can say what NF4 cost each matrix. So the pla
 choice as `precision.plan_precision`, over every matrix of the decoder, the embedding and the output head.
 
 The Fisher weighting needs the 16-bit model's gradients, which this path exists to avoid holding, so the plan is
-data-free: F ≡ 1, the plain squared error (the plan says so: `calibrated=False`). The matrices the plan raises to
-8 bits or bfloat16 are then left out of the 4-bit loading (`modules_kept_in_16_bits`, transformers'
-`llm_int8_skip_modules`) and arrive in 16 bits, from which `apply_precision_plan` stores them at their precision;
-the rest arrive as bitsandbytes `Linear4bit`, as QLoRA stores them.
+data-free: F ≡ 1, the plain squared error (the plan says so: `calibrated=False`). transformers then loads every
+decoder matrix in NF4, as QLoRA stores them, and only the output head and the embedding in 16 bits; the plan
+remembers its folder (`PrecisionPlan.source`), and `apply_precision_plan` replaces each matrix planned at another
+precision (NF3, NF2, 8 bits, bfloat16) by reading its 16-bit weights from the files again (`matrix_from_files`), one
+matrix at a time: the whole 16-bit model is never in memory, whatever the plan says.
 """
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import torch
@@ -60,15 +60,18 @@ def plan_precision_from_files(folder: str | Path, budget_bits: float, device: st
     if config.get("tie_word_embeddings") and not set(OUTPUT_HEADS) & set(scores):  # the head has no weight of its own
         embedding = next(name for name in scores if name.endswith("embed_tokens"))
         tied = {embedding: list(OUTPUT_HEADS)}
-    return choose_precisions(scores, shapes, budget_bits, tied, calibrated=False, floor=floor)
+    plan = choose_precisions(scores, shapes, budget_bits, tied, calibrated=False, floor=floor)
+    plan.source = str(folder)
+    return plan
 
 
-def modules_kept_in_16_bits(plan: PrecisionPlan) -> list[str]:
-    """Patterns for transformers' `llm_int8_skip_modules`: the output head (which transformers' loader keeps in 16
-    bits by default, and a list of our own replaces that default) and every matrix planned above NF4.
+def matrix_from_files(folder: str | Path, name: str, device: str | torch.device = "cpu") -> torch.Tensor:
+    """The 16-bit weight of the matrix `name` (a module name of the plan), read alone from the safetensors files."""
+    from safetensors import safe_open
 
-    Escaped: transformers reads each as a regular expression anchored at a module boundary, so "layers.1" must
-    not also keep "layers.11".
-    """
-    kept = [name for name, precision in plan.precisions.items() if precision != "nf4" and name not in OUTPUT_HEADS]
-    return [*OUTPUT_HEADS, *(re.escape(name) for name in kept)]
+    for file in weight_files(folder):
+        with safe_open(file, framework="pt", device=str(device)) as tensors:
+            if f"{name}.weight" in tensors.keys():
+                return tensors.get_tensor(f"{name}.weight")
+    raise KeyError(f"no tensor {name}.weight in the safetensors files of {folder}: the precision plan was scored from "
+                   "other files than the model was loaded from")

@@ -57,6 +57,7 @@ class PrecisionPlan:
     parameters: dict[str, int]  # module name → elements of the matrix
     tied: dict[str, list[str]] = field(default_factory=dict)  # module name → other modules sharing the matrix
     calibrated: bool = True  # False: F ≡ 1, no calibration data was given
+    source: str | None = None  # the safetensors folder it was scored from (file_plan.py): where 16-bit matrices are read
 
     @property
     def bits_per_parameter(self) -> float:
@@ -220,18 +221,23 @@ def apply_precision_plan(model: nn.Module, plan: PrecisionPlan, compute_dtype: t
     for name, precision in plan.precisions.items():
         host, leaf = _slot(model, name)
         layer = getattr(host, leaf)
-        if getattr(layer.weight, "quant_state", None) is not None:  # loaded in 4 bits (`quantize_on_load`)
-            if precision != "nf4":
-                raise ValueError(f"{name} was loaded in 4 bits but the plan stores it at {precision}: load the model "
-                                 "with the plan's 16-bit matrices left out of quantization (`load_planned_model`)")
-            continue
-        if layer.weight.numel() != plan.parameters[name]:
+        weight = layer.weight
+        if getattr(weight, "quant_state", None) is not None:  # loaded in 4 bits (`quantize_on_load`)
+            if precision == "nf4":
+                continue
+            if plan.source is None:
+                raise ValueError(f"{name} was loaded in 4 bits but the plan stores it at {precision}, and the plan "
+                                 "does not say which files hold its 16-bit weights: plan it with plan_precision_from_files")
+            from .file_plan import matrix_from_files  # file_plan builds on this module
+
+            weight = matrix_from_files(plan.source, name, weight.device)  # one 16-bit matrix in memory at a time
+        if weight.numel() != plan.parameters[name]:
             raise ValueError(f"the precision plan does not fit this model: {name} has {layer.weight.numel():,} "
                              f"parameters, the plan {plan.parameters[name]:,}; apply it to the model it was made for")
         if isinstance(layer, nn.Linear) and precision == "nf4" and name.rsplit(".", 1)[-1] not in OUTPUT_HEADS:
             setattr(host, leaf, quantize_linear(layer, "nf4", True, compute_dtype))
             continue
-        matrix = BlockwiseMatrix(layer.weight, precision)
+        matrix = BlockwiseMatrix(weight, precision)
         for shared in [name, *plan.tied.get(name, [])]:
             shared_host, shared_leaf = _slot(model, shared)
             original = getattr(shared_host, shared_leaf)

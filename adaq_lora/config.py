@@ -55,6 +55,7 @@ class AdaQConfig:
     compact_ranks: bool = True  # in the final phase, shrink SVD adapters to their kept triplets and free the importance EMAs
     fused_loss: bool = True  # ours: the loss from the hidden states a chunk of tokens at a time, the logits never whole
     importance_dtype: str = "bfloat16"  # storage of the importance EMAs (updated in float32): bfloat16, or float32 as PEFT
+    importance_per: str = "element"  # EMAs of P's and Q's sensitivity per "element" (AdaLoRA, PEFT) or per "triplet"
     extra: dict = field(default_factory=dict)  # free-form notes stored with the adapters (e.g. the model id)
 
     def __post_init__(self):
@@ -68,6 +69,8 @@ class AdaQConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.importance_per not in ("element", "triplet"):
+            raise ValueError(f"importance_per must be 'element' or 'triplet', got {self.importance_per!r}")
         if self.importance_dtype not in ("bfloat16", "float32"):
             raise ValueError(f"importance_dtype must be 'bfloat16' or 'float32', got {self.importance_dtype!r}")
         if self.init_r < self.target_r:

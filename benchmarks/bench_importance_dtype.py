@@ -1,12 +1,15 @@
-"""What storing the importance EMAs in bfloat16 changes in the masks (Sec. 2.3; adapters/rank_allocator.py).
+"""What a lighter importance state changes in the masks (Sec. 2.3; adapters/rank_allocator.py).
 
-`adaq_lora` trains on the default model and the School_math stand-in with its EMAs in bfloat16 (the default), and
-a shadow allocator beside it keeps float32 EMAs of the very same gradients. At every re-masking the shadow's choice
-of the `budget` best triplets is compared with the one the run made: how many re-maskings picked a different set,
-and by how many triplets. The masks the run applies are its own, so the two never drift apart through training;
-what is measured is the choice alone, step by step.
+`adaq_lora` trains on the default model and the School_math stand-in with its EMAs in bfloat16, per element (the
+defaults), and a shadow allocator beside it keeps the EMAs of the very same gradients another way (`--shadow`:
+float32 EMAs by default, or `importance_per=triplet`, one value per triplet for P's column and Q's row, with the
+run at that setting and the shadow per element). At every re-masking the shadow's choice of the `budget` best
+triplets is compared with the one the run made: how many re-maskings picked a different set, and by how many
+triplets. The masks the run applies are its own, so the two never drift apart through training; what is measured is
+the choice alone, step by step.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_importance_dtype.py [--steps 40] [--threads N] [--out PATH]
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_importance_dtype.py [--steps 40] [--threads N]
+        [--shadow importance_dtype=float32 | --shadow importance_per=triplet] [--out PATH]
 """
 from __future__ import annotations
 
@@ -29,13 +32,19 @@ from adaq_lora.tuners import prepare
 MAX_LENGTH = 128
 
 
-def compare(steps: int) -> dict:
+SHADOWS = {"importance_dtype=float32": ({}, {"importance_dtype": "float32"}),  # (the run's changes, the shadow's)
+           "importance_per=triplet": ({"importance_per": "triplet"}, {"importance_per": "element"})}
+
+
+def compare(steps: int, shadow_name: str) -> dict:
     model, tokenizer = load_model()
+    run_changes, shadow_changes = SHADOWS[shadow_name]
     # masks from step 1; no compaction, so the shadow's scores keep the shapes of the adapters they describe
-    config = AdaQConfig(total_steps=steps, t_init=0, t_final=1, precision_budget_bits=None, compact_ranks=False)
+    config = AdaQConfig(total_steps=steps, t_init=0, t_final=1, precision_budget_bits=None, compact_ranks=False,
+                        **run_changes)
     torch.manual_seed(0)
     tuner = prepare(model, "adaq_lora", config)
-    shadow = RankAllocator(tuner.model, replace(config, importance_dtype="float32"))  # scores only, never masks
+    shadow = RankAllocator(tuner.model, replace(config, **shadow_changes))  # scores only, never masks
     hook = tuner.after_optimizer_step
     rows = []
 
@@ -59,7 +68,7 @@ def compare(steps: int) -> dict:
         print(f"step {step}: loss {outcome.loss:.3f}, budget {rows[-1]['budget']}, swapped "
               f"{rows[-1]['triplets_swapped']}", file=sys.stderr, flush=True)
     remaskings = [row for row in rows if row["remasked"]]
-    return {"steps": rows, "remaskings": len(remaskings),
+    return {"shadow": shadow_name, "steps": rows, "remaskings": len(remaskings),
             "remaskings_differing": sum(1 for row in remaskings if row["triplets_swapped"]),
             "largest_swap": max(row["triplets_swapped"] for row in remaskings),
             "triplets": tuner.allocator.initial_budget}
@@ -69,13 +78,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=40, help="optimizer steps (default 40)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    parser.add_argument("--shadow", choices=list(SHADOWS), default="importance_dtype=float32")
     parser.add_argument("--out", default=str(Path(__file__).with_name("bench_importance_dtype.json")))
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    figures = compare(args.steps)
+    figures = compare(args.steps, args.shadow)
     print(f"{figures['remaskings_differing']} of {figures['remaskings']} re-maskings chose a different set than "
-          f"float32 EMAs would; at most {figures['largest_swap']} of {figures['triplets']} triplets swapped")
+          f"the shadow ({args.shadow}) would; at most {figures['largest_swap']} of {figures['triplets']} triplets "
+          "swapped")
     write_json_atomic(Path(args.out), {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                        "command": " ".join(["benchmarks/bench_importance_dtype.py", *(argv or sys.argv[1:])]),
                                        "versions": package_versions(), **figures})

@@ -152,3 +152,31 @@ def test_bfloat16_emas_take_half_the_bytes_and_choose_the_triplets_float32_would
     budget = half.target_budget
     swapped = int((half.best_triplets(budget) != full.best_triplets(budget)).sum()) // 2
     assert swapped <= 1  # of 56 triplets: at most a near-tie at the cut
+
+
+def test_per_triplet_statistics_keep_r_values_a_matrix_and_their_smoothed_sensitivity_is_the_element_mean(tiny_llama):
+    """Ī is linear, so Ī per triplet equals the mean of Ī per element; U and s are taken of the mean instead."""
+    config = AdaQConfig(init_r=4, target_r=2, t_init=0, t_final=2, total_steps=20, init_std=0.1,
+                        importance_dtype="float32")
+    model = apply_method(tiny_llama, "adalora", config).train()
+    with torch.no_grad():
+        for layer in adapter_layers(model).values():
+            layer.lora_E.normal_(generator=torch.Generator().manual_seed(1))
+    element = RankAllocator(model, config)
+    triplet = RankAllocator(model, replace(config, importance_per="triplet"))
+    generator = torch.Generator().manual_seed(2)
+    for _ in range(5):
+        ids = torch.randint(0, 128, (2, 12), generator=generator)
+        model.zero_grad()
+        model(input_ids=ids, labels=ids).loss.backward()
+        element.update_importance()
+        triplet.update_importance()
+    name, layer = next(iter(element.layers.items()))
+    assert triplet.sensitivity[name, "lora_A"].shape == (4, 1) and triplet.sensitivity[name, "lora_B"].shape == (1, 4)
+    torch.testing.assert_close(triplet.sensitivity[name, "lora_A"], element.sensitivity[name, "lora_A"].mean(1, True))
+    torch.testing.assert_close(triplet.sensitivity[name, "lora_B"], element.sensitivity[name, "lora_B"].mean(0, True))
+    kept = sum(t.numel() for t in triplet.sensitivity.values())
+    assert kept == 3 * element.initial_budget  # λ, P's column and Q's row: three values a triplet
+    assert sum(t.numel() for t in element.sensitivity.values()) > 10 * kept
+    assert {name: s.shape for name, s in triplet.triplet_scores().items()} == \
+        {name: s.shape for name, s in element.triplet_scores().items()}

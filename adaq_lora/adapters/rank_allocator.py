@@ -16,6 +16,13 @@ bytes of the heaviest state before compaction, two values per adapter element. E
 and rounded once; bfloat16 keeps float32's range, so the tiny products |θ · ∂L/∂θ| do not underflow as in float16,
 and its 8-bit mantissa orders the triplets as float32 does except for near-ties (measured in benchmarks/).
 
+With `config.importance_per = "triplet"` the EMAs of P's columns and Q's rows are kept per triplet instead of per
+element: the sensitivity folded in each step is the mean of |θ · ∂L/∂θ| over the triplet's column (row), so Ī is
+exactly the mean of the per-element Ī (an EMA is linear), while U and so s = Ī · U are taken of that mean, not
+averaged over elements. It keeps r values per matrix instead of (out + in) · r, the state's share of the peak at the
+start of a run; `benchmarks/bench_importance_dtype.py --shadow importance_per=triplet` measures how often it chooses
+other triplets than the per-element scores.
+
 Call `step()` in a plain training loop after `optimizer.step()` and before `optimizer.zero_grad()`: it reads the
 gradients. (The Hugging Face Trainer never calls PEFT's `update_and_allocate`; forgetting it leaves the budget
 at init_r.)
@@ -82,6 +89,8 @@ class RankAllocator:
                     )
                 key = (name, param_name)
                 sensitivity = (param * param.grad).abs().float()
+                if self.config.importance_per == "triplet" and param_name != "lora_E":  # Q: r × in, P: out × r
+                    sensitivity = sensitivity.mean(dim=1 if param_name == "lora_A" else 0, keepdim=True)
                 if key not in self.sensitivity:
                     self.sensitivity[key] = torch.zeros_like(sensitivity, dtype=storage)
                     self.uncertainty[key] = torch.zeros_like(sensitivity, dtype=storage)

@@ -148,7 +148,8 @@ def static_bytes(shape: ModelShape, method: str, config: AdaQConfig, w: int, tok
         planned = (decoder_weights + shape.embedding_parameters()) * config.precision_budget_bits / 8
         nf4, other_weights = math.ceil(planned), norms_and_biases
     ema = dtype_bytes(config.importance_dtype)
-    svd_extras = len(matrices) * rank * 4 + 2 * adapters * ema if method_spec(method).svd else 0  # masks, EMAs
+    scored = adapters if config.importance_per == "element" else 3 * len(matrices) * rank  # values with two EMAs each
+    svd_extras = len(matrices) * rank * 4 + 2 * scored * ema if method_spec(method).svd else 0  # masks, EMAs
     return {
         "quantized_weights": nf4 if quantized else 0,
         "full_precision_weights": (other_weights + (0 if quantized else decoder_weights)) * w,

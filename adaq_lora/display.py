@@ -187,39 +187,62 @@ def budget_sweep_table(rows: dict) -> str:
     return sweep_table(rows, (("plan bits", "plan_bits", ".2f"), ("bits held", "frozen_bits_measured", ".2f")))
 
 
+def sweep_means(rows: dict, dataset: str, variant: str) -> dict | None:
+    """Means over the seeds a sweep holds for (dataset, variant), with the ratio of the last-quarter cross-entropy to
+    qlora's on the same seeds; None if it holds none (or qlora lacks one of its seeds)."""
+    import statistics
+
+    members = [row for row in rows.values() if (row["dataset"], row["variant"]) == (dataset, variant)]
+    seeds = {row["seed"] for row in members}
+    peers = [row for row in rows.values() if (row["dataset"], row["variant"]) == (dataset, "qlora") and row["seed"] in seeds]
+    if not members or len(peers) != len(members):
+        return None
+    mean = {key: statistics.fmean(row[key] for row in members)
+            for key in ("last_quarter_cross_entropy", "held_in_avg", "held_in_accuracy", "memory_mb")}
+    peer = {key: statistics.fmean(row[key] for row in peers) for key in mean}
+    return {**mean, "seeds": sorted(seeds), "loss_ratio": mean["last_quarter_cross_entropy"] /
+            peer["last_quarter_cross_entropy"], "avg_change": mean["held_in_avg"] - peer["held_in_avg"]}
+
+
+def smallest_budget_within(rows: dict, budgets, datasets=("school_math", "alpaca_zh"), loss_ratio: float = 1.25,
+                           avg_margin: float = 0.05) -> float | None:
+    """Chapter 6's rule for a profile's default budget, on the budget sweep's held-in runs: the fewest bits a weight
+    whose mean last-quarter cross-entropy is at most `loss_ratio` × qlora's and whose held-in Avg is at least qlora's
+    − `avg_margin` on every data set (None if no budget measured on all of them passes)."""
+    for budget in sorted(budgets):
+        means = [sweep_means(rows, dataset, f"{budget:g} bits") for dataset in datasets]
+        if all(m is not None and m["loss_ratio"] <= loss_ratio and m["avg_change"] >= -avg_margin for m in means):
+            return budget
+    return None
+
+
 def budget_curves(rows: dict, datasets: tuple[str, ...] = ("school_math", "alpaca_zh")):
     """Three panels for chapter 6 from the budget sweep: last-quarter cross-entropy over qlora's, held-in accuracy
     and peak memory against the plan's bits a weight (means over seeds; qlora dashed; LoftQ's start as triangles)."""
-    import statistics
-
     from matplotlib import pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for dataset in datasets:
-        def mean(variant, key):
-            members = [row for row in rows.values() if (row["dataset"], row["variant"]) == (dataset, variant)]
-            return statistics.fmean(row[key] for row in members) if members else None
-
-        qlora_ce = mean("qlora", "last_quarter_cross_entropy")
+        qlora = sweep_means(rows, dataset, "qlora")
         for marker, suffix in (("o-", " bits"), ("^", " bits, LoftQ start")):
             variants = sorted({row["variant"] for row in rows.values() if row["dataset"] == dataset
                                and row["variant"].endswith(suffix) and row["variant"][0].isdigit()},
                               key=lambda v: float(v.split()[0]))
-            if not variants or qlora_ce is None:
+            points = [(float(v.split()[0]), sweep_means(rows, dataset, v)) for v in variants]
+            points = [(bits, means) for bits, means in points if means is not None]
+            if not points:
                 continue
-            bits = [mean(v, "plan_bits") for v in variants]
-            label = dataset + ("" if suffix == " bits" else ", LoftQ start")
-            line, = axes[0].plot(bits, [mean(v, "last_quarter_cross_entropy") / qlora_ce for v in variants], marker,
-                                 label=label)
-            axes[1].plot(bits, [mean(v, "held_in_accuracy") for v in variants], marker, color=line.get_color())
-            axes[2].plot(bits, [mean(v, "memory_mb") for v in variants], marker, color=line.get_color())
-            if suffix == " bits":
-                axes[1].axhline(mean("qlora", "held_in_accuracy"), ls="--", color=line.get_color(), lw=1)
-                axes[2].axhline(mean("qlora", "memory_mb"), ls="--", color=line.get_color(), lw=1)
+            bits = [b for b, _ in points]
+            line, = axes[0].plot(bits, [m["loss_ratio"] for _, m in points], marker,
+                                 label=dataset + ("" if suffix == " bits" else ", LoftQ start"))
+            for ax, key in ((axes[1], "held_in_accuracy"), (axes[2], "memory_mb")):
+                ax.plot(bits, [m[key] for _, m in points], marker, color=line.get_color())
+                if suffix == " bits":
+                    ax.axhline(qlora[key], ls="--", color=line.get_color(), lw=1)
     axes[0].axhline(1.0, ls="--", color="grey", lw=1)
-    axes[0].set(title="last-quarter cross-entropy / qlora's", xlabel="frozen base: bits a weight", ylabel="ratio")
-    axes[1].set(title="held-in accuracy (qlora dashed)", xlabel="frozen base: bits a weight", ylabel="accuracy")
-    axes[2].set(title="peak memory of a step (qlora dashed)", xlabel="frozen base: bits a weight", ylabel="MiB")
+    for ax, title, unit in zip(axes, ("last-quarter cross-entropy / qlora's", "held-in accuracy (qlora dashed)",
+                                      "peak memory of a step (qlora dashed)"), ("ratio", "accuracy", "MiB")):
+        ax.set(title=title, xlabel="budget: bits a frozen weight", ylabel=unit)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     return fig

@@ -24,7 +24,7 @@ import torch
 from adaq_lora import AdaQConfig, load_model
 from adaq_lora.adapters.rank_allocator import RankAllocator
 from adaq_lora.atomic import write_json_atomic
-from adaq_lora.data import collate_examples, load_records, pad_token_id, tokenize_records
+from adaq_lora.data import build_example, collate_examples, load_records, pad_token_id
 from adaq_lora.grid.experiment import package_versions
 from adaq_lora.training import make_optimizer, training_step
 from adaq_lora.tuners import prepare
@@ -61,7 +61,14 @@ def compare(steps: int, shadow_name: str) -> dict:
     tuner.after_optimizer_step = after_optimizer_step
     optimizer = make_optimizer([p for p in tuner.model.parameters() if p.requires_grad], "paged_adamw",
                                config.learning_rate)
-    examples = tokenize_records(load_records("school_math")[:steps], tokenizer, MAX_LENGTH)
+    examples = []
+    for record in load_records("school_math"):
+        try:
+            examples.append(build_example(record, tokenizer, MAX_LENGTH))
+        except ValueError:  # a prompt of MAX_LENGTH tokens or more leaves no answer to learn: not a training example
+            continue
+        if len(examples) == steps:
+            break
     tuner.model.train()
     for step, example in enumerate(examples, start=1):
         outcome = training_step(tuner, [collate_examples([example], pad_token_id(tokenizer))], optimizer, 0.1)

@@ -5,7 +5,8 @@ of the 80% training split that follow the cpu profile's 400 training records: ne
 the grid, and never the test split, so no default is chosen on the grid's test prompts. Each run is one
 `grid.experiment.execute` with its overrides of the profile, in its own process with one torch thread, `--jobs` at a
 time; each finished run is added to `--out` (JSON, atomically) as soon as it lands, so a sweep cut off part way
-resumes by running the same command again.
+resumes by running the same command again. A run also leaves its row in its own folder (ROW_FILE), so one whose
+sweep process died while it ran is still collected: the next command (`--table` included) adds it.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from adaq_lora.grid.jobs import run_side_by_side
 REPO = Path(__file__).resolve().parents[1]
 HELD_IN_START, HELD_IN = 400, 24  # held-in records: training split [400, 424), after the cpu profile's 400
 MAX_NEW_TOKENS = 128  # enough for a School_math answer's final 答 line
+ROW_FILE = "sweep_row.json"  # a finished run's row, in its own folder
 
 
 def run_key(dataset: str, variant: str, seed: int) -> str:
@@ -77,10 +79,17 @@ def sweep_main(script: str, variants: list[str], default_out: Path, run_one: Cal
     runs = REPO / "runs" / name.replace("_", "-")
     if args.one:  # a child: run one variant and print its row
         dataset, variant, seed = args.one
-        row = run_one(dataset, variant, int(seed), args.steps, runs / f"{dataset}-{seed}-{variant}")
+        work = runs / f"{dataset}-{seed}-{variant}"
+        row = run_one(dataset, variant, int(seed), args.steps, work)
+        write_json_atomic(work / ROW_FILE, row)
         print("ROW " + json.dumps(row, ensure_ascii=False))
         return 0
     rows = json.loads(args.out.read_text(encoding="utf-8")) if args.out.exists() else {}
+    left = {run_key(r["dataset"], r["variant"], r["seed"]): r for r in
+            (json.loads(path.read_text(encoding="utf-8")) for path in sorted(runs.glob(f"*/{ROW_FILE}")))}
+    if set(left) - set(rows):  # rows of runs whose sweep process did not live to collect them
+        rows.update({key: row for key, row in left.items() if key not in rows})
+        write_json_atomic(args.out, rows)
     if args.table:
         print(table(rows))
         return 0

@@ -6,6 +6,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 from matplotlib import pyplot as plt  # noqa: E402
 
 from adaq_lora.display import (budget_and_loss_curves, memory_bars, precision_plan_maps,  # noqa: E402
@@ -79,3 +80,28 @@ def test_the_rank_pattern_map_holds_each_matrix_at_its_layer_and_type():
     assert np.array_equal(fig.axes[0].images[0].get_array(), [[4, 0], [2, 6]])
     assert grid.values.sum() == 12
     plt.close(fig)
+
+
+def sweep_row(dataset, variant, seed, loss, avg, plan_bits=None):
+    row = {"dataset": dataset, "variant": variant, "seed": seed, "last_quarter_cross_entropy": loss,
+           "held_in_avg": avg, "held_in_accuracy": 0.1, "memory_mb": 100.0, "median_step_seconds": 1.0}
+    return {f"{dataset} | {variant} | seed {seed}": row | ({} if plan_bits is None else {"plan_bits": plan_bits})}
+
+
+def test_the_budget_rule_takes_the_fewest_bits_within_the_loss_ratio_and_avg_margin_on_every_data_set():
+    from adaq_lora.display import budget_curves, budget_sweep_table, smallest_budget_within, sweep_means
+
+    rows = {}
+    for dataset in ("a", "b"):
+        rows |= sweep_row(dataset, "qlora", 0, 1.0, 0.50)
+        rows |= sweep_row(dataset, "3 bits", 0, 2.0, 0.50, 3.0)  # loss 2× qlora's: out
+        rows |= sweep_row(dataset, "4 bits", 0, 1.2, 0.40 if dataset == "b" else 0.5, 4.0)  # Avg −0.10 on b: out
+        rows |= sweep_row(dataset, "6 bits", 0, 1.1, 0.48, 6.0)
+    assert sweep_means(rows, "a", "3 bits")["loss_ratio"] == pytest.approx(2.0)
+    assert smallest_budget_within(rows, (3.0, 4.0, 6.0), datasets=("a", "b")) == 6.0
+    assert smallest_budget_within(rows, (3.0, 4.0, 6.0), datasets=("a",)) == 4.0
+    assert smallest_budget_within(rows, (3.0,), datasets=("a", "b")) is None
+    assert sweep_means(rows, "a", "5 bits") is None  # never measured: no figure, not a zero
+    assert "| a | 4 bits | 0 | 1.200 | 1.20 |" in budget_sweep_table(rows)
+    fig = budget_curves(rows, datasets=("a", "b"))
+    assert list(fig.axes[0].lines[0].get_xdata()) == [3.0, 4.0, 6.0]

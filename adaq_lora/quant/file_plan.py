@@ -11,7 +11,7 @@ The Fisher weighting needs the 16-bit model's gradients, which this path exists 
 data-free: F ≡ 1, the plain squared error (the plan says so: `calibrated=False`). transformers then loads every
 decoder matrix in NF4, as QLoRA stores them, and only the output head and the embedding in 16 bits; the plan
 remembers its folder (`PrecisionPlan.source`), and `apply_precision_plan` replaces each matrix planned at another
-precision (NF3, NF2, 8 bits, bfloat16) by reading its 16-bit weights from the files again (`matrix_from_files`), one
+precision (NF3, NF2, 8 bits, bfloat16) by reading its 16-bit weights from the files again (`weight_files.matrix_from_files`), one
 matrix at a time: the whole 16-bit model is never in memory, whatever the plan says.
 """
 from __future__ import annotations
@@ -23,15 +23,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .precision import PrecisionPlan, choose_precisions, score_matrix
+from .weight_files import weight_files
 from .quantize import OUTPUT_HEADS
-
-
-def weight_files(folder: str | Path) -> list[Path]:
-    files = sorted(Path(folder).glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"no *.safetensors weights in {folder}: the precision plan of a model loaded in 4 bits "
-                                "is scored from its safetensors files (ChatGLM2 snapshots are converted to them)")
-    return files
 
 
 def plan_precision_from_files(folder: str | Path, budget_bits: float, device: str | torch.device = "cpu",
@@ -63,15 +56,3 @@ def plan_precision_from_files(folder: str | Path, budget_bits: float, device: st
     plan = choose_precisions(scores, shapes, budget_bits, tied, calibrated=False, floor=floor)
     plan.source = str(folder)
     return plan
-
-
-def matrix_from_files(folder: str | Path, name: str, device: str | torch.device = "cpu") -> torch.Tensor:
-    """The 16-bit weight of the matrix `name` (a module name of the plan), read alone from the safetensors files."""
-    from safetensors import safe_open
-
-    for file in weight_files(folder):
-        with safe_open(file, framework="pt", device=str(device)) as tensors:
-            if f"{name}.weight" in tensors.keys():
-                return tensors.get_tensor(f"{name}.weight")
-    raise KeyError(f"no tensor {name}.weight in the safetensors files of {folder}: the precision plan was scored from "
-                   "other files than the model was loaded from")

@@ -43,6 +43,7 @@ from ..data import collate_examples
 from .blockwise import PRECISIONS, BlockwiseEmbedding, BlockwiseLinear, BlockwiseMatrix
 from .nf4 import BLOCKSIZE
 from .quantize import OUTPUT_HEADS, compute_dtype_for, quantize_linear
+from .weight_files import matrix_from_files
 
 PLAN_FILE = "precision_plan.json"
 CALIBRATION_EXAMPLES = 8  # examples whose squared gradients estimate F; more cost a backward pass each
@@ -228,8 +229,6 @@ def apply_precision_plan(model: nn.Module, plan: PrecisionPlan, compute_dtype: t
             if plan.source is None:
                 raise ValueError(f"{name} was loaded in 4 bits but the plan stores it at {precision}, and the plan "
                                  "does not say which files hold its 16-bit weights: plan it with plan_precision_from_files")
-            from .file_plan import matrix_from_files  # file_plan builds on this module
-
             weight = matrix_from_files(plan.source, name, weight.device)  # one 16-bit matrix in memory at a time
         if weight.numel() != plan.parameters[name]:
             raise ValueError(f"the precision plan does not fit this model: {name} has {layer.weight.numel():,} "

@@ -19,12 +19,14 @@ handed out again in order of importance, so a more important matrix never gets f
 one of its shape; the bytes do not change. A budget below NF4's 4.13 bits is spent the same way: the matrices
 that matter least go down to 3 or 2 bits so that those that matter most can keep 4 or more.
 
-The budget is in bits per weight of the whole base, so what it buys depends on the model. On SmolLM2-135M, whose tied
-embedding/head is a fifth of the weights, 6 bits (the default) keeps that matrix at 8 bits; at 4.5 the plan stores it
-in NF4, and the untrained model's greedy answers on the ci stand-in fall from Avg 0.134 (QLoRA's layout) to 0.069,
-although its held-out loss is lower than QLoRA's: a few calibration examples see few of the 49,152 rows. On
-ChatGLM2-6B, where the embeddings are 8.5% of the weights, QLoRA's layout is about 5.1 bits per weight, so the paper
-profile uses 4.5.
+The budget is in bits per weight of the whole base, so what it buys depends on the model. On SmolLM2-135M the
+untrained model's held-in cross-entropy (benchmarks/plan_untrained.py) is 2.05 as loaded, 2.17 at 6 bits, 2.38 at
+4.5, 2.55 at 4, 3.60 at 3.5, 24 at 3 and 53 at 2.5: a small model has little to spare, and the second-order estimate
+is least reliable where the errors are large (at 3.5 bits the tied embedding/head, a fifth of the weights, goes to
+NF3: its few calibration examples see few of its 49,152 rows). benchmarks/sweep_budget.py measures what training gives
+back, and chapter 6 chooses the ci and cpu profiles' budget from it. The paper profile (ChatGLM2-6B, whose embeddings
+are 8.5% of the weights: QLoRA's layout is about 5.1 bits per weight) keeps 4.5 bits with the 4-bit floor, the plan
+it had: its plan is data-free (file_plan.py), and nothing here has measured a 6B model below 4 bits.
 """
 from __future__ import annotations
 

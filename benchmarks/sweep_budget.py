@@ -24,7 +24,7 @@ VARIANTS = {  # label: (method, profile overrides)
     "qlora": ("qlora", {}),
     **{f"{budget:g} bits": ("adaq_lora", {"precision_budget_bits": budget}) for budget in BUDGETS},
     **{f"{budget:g} bits, LoftQ start": ("adaq_lora", {"precision_budget_bits": budget, "loftq_init": True})
-       for budget in (2.5, 3.0)},
+       for budget in (2.5, 3.0, 3.5, 4.0)},
     "6 bits, NF4 floor (the plan before)": ("adaq_lora", {"precision_budget_bits": 6.0, "precision_floor": "nf4"}),
 }
 WEIGHT_CATEGORIES = ("quantized_weights", "full_precision_weights")  # the frozen base in a memory breakdown

@@ -205,14 +205,16 @@ def sweep_means(rows: dict, dataset: str, variant: str) -> dict | None:
 
 
 def smallest_budget_within(rows: dict, budgets, datasets=("school_math", "alpaca_zh"), loss_ratio: float = 1.25,
-                           avg_margin: float = 0.05) -> float | None:
-    """Chapter 6's rule for a profile's default budget, on the budget sweep's held-in runs: the fewest bits a weight
-    whose mean last-quarter cross-entropy is at most `loss_ratio` × qlora's and whose held-in Avg is at least qlora's
-    − `avg_margin` on every data set (None if no budget measured on all of them passes)."""
+                           avg_margin: float = 0.05, starts=("", ", LoftQ start")) -> str | None:
+    """Chapter 6's rule for a profile's default, on the budget sweep's held-in runs: the variant ("4 bits", "4 bits,
+    LoftQ start", …) with the fewest bits a weight whose mean last-quarter cross-entropy is at most `loss_ratio` ×
+    qlora's and whose held-in Avg is at least qlora's − `avg_margin` on every data set, the first of `starts` where two
+    pass at the same budget (None if no variant measured on all data sets passes)."""
     for budget in sorted(budgets):
-        means = [sweep_means(rows, dataset, f"{budget:g} bits") for dataset in datasets]
-        if all(m is not None and m["loss_ratio"] <= loss_ratio and m["avg_change"] >= -avg_margin for m in means):
-            return budget
+        for start in starts:
+            means = [sweep_means(rows, dataset, f"{budget:g} bits{start}") for dataset in datasets]
+            if all(m is not None and m["loss_ratio"] <= loss_ratio and m["avg_change"] >= -avg_margin for m in means):
+                return f"{budget:g} bits{start}"
     return None
 
 

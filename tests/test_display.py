@@ -98,9 +98,12 @@ def test_the_budget_rule_takes_the_fewest_bits_within_the_loss_ratio_and_avg_mar
         rows |= sweep_row(dataset, "4 bits", 0, 1.2, 0.40 if dataset == "b" else 0.5, 4.0)  # Avg −0.10 on b: out
         rows |= sweep_row(dataset, "6 bits", 0, 1.1, 0.48, 6.0)
     assert sweep_means(rows, "a", "3 bits")["loss_ratio"] == pytest.approx(2.0)
-    assert smallest_budget_within(rows, (3.0, 4.0, 6.0), datasets=("a", "b")) == 6.0
-    assert smallest_budget_within(rows, (3.0, 4.0, 6.0), datasets=("a",)) == 4.0
+    assert smallest_budget_within(rows, (3.0, 4.0, 6.0), datasets=("a", "b")) == "6 bits"
+    assert smallest_budget_within(rows, (3.0, 4.0, 6.0), datasets=("a",)) == "4 bits"
     assert smallest_budget_within(rows, (3.0,), datasets=("a", "b")) is None
+    for dataset in ("a", "b"):
+        rows |= sweep_row(dataset, "3 bits, LoftQ start", 0, 1.2, 0.49, 3.0)  # another start passes at 3 bits
+    assert smallest_budget_within(rows, (3.0, 4.0, 6.0), datasets=("a", "b")) == "3 bits, LoftQ start"
     assert sweep_means(rows, "a", "5 bits") is None  # never measured: no figure, not a zero
     assert "| a | 4 bits | 0 | 1.200 | 1.20 |" in budget_sweep_table(rows)
     fig = budget_curves(rows, datasets=("a", "b"))

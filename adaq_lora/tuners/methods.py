@@ -17,6 +17,7 @@ judges the SVD adapters and the rank budget alone, set beside `adaq_lora` the pr
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 from itertools import chain
 
@@ -61,7 +62,13 @@ def apply_method(model: nn.Module, method: str, config: AdaQConfig | None = None
 
 
 def method_config(spec: MethodSpec, config: AdaQConfig) -> AdaQConfig:
-    """`config` as `spec`'s method runs it: an SVD method fills the start fields left at None with its own start."""
+    """`config` as `spec`'s method runs it: an SVD method fills the start fields left at None with its own start.
+
+    LoftQ's start (`loftq_init`) needs SVD adapters on a quantized base; any other method runs without it, as it runs
+    without `svd_init`: a profile's one adapter section serves every method of its grid.
+    """
+    if config.loftq_init and not (spec.svd and spec.quantized):
+        config = replace(config, loftq_init=False)
     return config.with_start(spec.svd_start) if spec.svd_start is not None else config
 
 
@@ -70,9 +77,6 @@ def apply_ours(model: nn.Module, spec: MethodSpec, config: AdaQConfig, calibrati
     """`apply_method`'s work; returns the precision plan the base was stored by, if any."""
     if spec.peer:
         raise ValueError(f"{spec.name} is PEFT's: prepare it with adaq_lora.tuners.prepare(model, {spec.name!r})")
-    if config.loftq_init and not (spec.svd and spec.quantized):
-        raise ValueError(f"loftq_init=True starts the adapters from the quantization error, so it needs SVD adapters "
-                         f"on a quantized base (method 'adaq_lora'), not method {spec.name!r}")
     # a base loaded in 4 bits (transformers' BitsAndBytesConfig) is welcome; adapters or a precision plan are not
     if adapter_layers(model) or any(isinstance(module, BlockwiseMatrix) for module in model.modules()):
         raise ValueError("a method is already applied to this model (it holds adapters or a precision-planned "

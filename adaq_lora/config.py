@@ -44,8 +44,9 @@ class AdaQConfig:
     learning_rate: float = 3e-4  # the paper's constant learning rate (Sec. 3)
     quant_type: str = "nf4"  # 4-bit storage of the frozen base: "nf4" (the paper's) or "fp4"
     double_quant: bool = True  # quantize the block absmax values again (QLoRA's double quantization)
-    precision_budget_bits: float | None = 4.5  # adaq_lora: mean bits per frozen weight, embedding and head included (chosen by
-    # benchmarks/sweep_budget.py on held-in data, chapter 6); None: QLoRA's layout
+    precision_budget_bits: float | None = 4.5  # adaq_lora: mean bits per frozen weight, embedding and head included; None:
+    # QLoRA's layout. 4.5: the fewest bits benchmarks/sweep_budget.py's rule accepts with ΔW = 0 at the start (chapter 6);
+    # the ci and cpu profiles take its choice over both starts, 3.5 bits with loftq_init
     precision_floor: str = "nf2"  # adaq_lora: the fewest bits the plan may give a matrix; "nf4" is the plan before NF3/NF2
     compute_dtype: str = "auto"  # dtype of the 4-bit layers' matmuls: auto = float32 on CPU, bfloat16 on GPU
     init_std: float = 0.02  # std of the Gaussian start of A (Eq. 1) and of P, Q (Eq. 5), as PEFT's AdaLoRA

@@ -161,13 +161,12 @@ def sweep_table(rows: dict, columns: tuple[tuple[str, str, str], ...] = ()) -> s
              "| peak MiB | " + "".join(f"{header} | " for header, _, _ in columns),
              "|---" * (9 + len(columns)) + "|"]
     for (dataset, variant), members in sorted(groups.items(), key=lambda item: item[0][0]):
-        def mean(key, among=members):
-            return statistics.fmean(row[key] for row in among)
+        def mean(key):
+            return statistics.fmean(row[key] for row in members)
 
         seeds = sorted(row["seed"] for row in members)
-        peers = [row for row in groups.get((dataset, "qlora"), []) if row["seed"] in seeds]
-        ratio = (f"{mean('last_quarter_cross_entropy') / mean('last_quarter_cross_entropy', peers):.2f}"
-                 if len(peers) == len(members) else "—")
+        means = sweep_means(rows, dataset, variant)
+        ratio = "—" if means is None else f"{means['loss_ratio']:.2f}"
         extra = "".join(f"{mean(key):{spec}} | " if all(key in row for row in members) else "— | "
                         for _, key, spec in columns)
         lines.append(f"| {dataset} | {variant} | {','.join(map(str, seeds))} | {mean('last_quarter_cross_entropy'):.3f} "

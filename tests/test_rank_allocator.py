@@ -130,21 +130,27 @@ def test_ties_are_broken_by_position_so_every_rank_masks_alike(tiny_llama):
     assert sum(sum(mask) for mask in masks) == 6
 
 
-def test_bfloat16_emas_take_half_the_bytes_and_choose_the_triplets_float32_would_but_for_near_ties(tiny_llama):
-    config = AdaQConfig(init_r=4, target_r=2, t_init=0, t_final=2, total_steps=20, init_std=0.1)
+def allocators_fed_the_same_gradients(tiny_llama, config: AdaQConfig, **other) -> tuple[RankAllocator, RankAllocator]:
+    """Two allocators over one adalora model (λ drawn non-zero), `config`'s and `config` with `other`, each folding
+    in the same 5 batches' gradients."""
     model = apply_method(tiny_llama, "adalora", config).train()
     with torch.no_grad():
         for layer in adapter_layers(model).values():
             layer.lora_E.normal_(generator=torch.Generator().manual_seed(1))
-    half = RankAllocator(model, config)
-    full = RankAllocator(model, replace(config, importance_dtype="float32"))
+    first, second = RankAllocator(model, config), RankAllocator(model, replace(config, **other))
     generator = torch.Generator().manual_seed(2)
     for _ in range(5):
         ids = torch.randint(0, 128, (2, 12), generator=generator)
         model.zero_grad()
         model(input_ids=ids, labels=ids).loss.backward()
-        half.update_importance()
-        full.update_importance()
+        first.update_importance()
+        second.update_importance()
+    return first, second
+
+
+def test_bfloat16_emas_take_half_the_bytes_and_choose_the_triplets_float32_would_but_for_near_ties(tiny_llama):
+    config = AdaQConfig(init_r=4, target_r=2, t_init=0, t_final=2, total_steps=20, init_std=0.1)
+    half, full = allocators_fed_the_same_gradients(tiny_llama, config, importance_dtype="float32")
     assert {t.dtype for t in half.sensitivity.values()} == {torch.bfloat16}
     assert sum(t.nbytes for t in half.sensitivity.values()) * 2 == sum(t.nbytes for t in full.sensitivity.values())
     scores_half, scores_full = (torch.cat(list(a.triplet_scores().values())) for a in (half, full))
@@ -158,19 +164,7 @@ def test_per_triplet_statistics_keep_r_values_a_matrix_and_their_smoothed_sensit
     """Ī is linear, so Ī per triplet equals the mean of Ī per element; U and s are taken of the mean instead."""
     config = AdaQConfig(init_r=4, target_r=2, t_init=0, t_final=2, total_steps=20, init_std=0.1,
                         importance_dtype="float32")
-    model = apply_method(tiny_llama, "adalora", config).train()
-    with torch.no_grad():
-        for layer in adapter_layers(model).values():
-            layer.lora_E.normal_(generator=torch.Generator().manual_seed(1))
-    element = RankAllocator(model, config)
-    triplet = RankAllocator(model, replace(config, importance_per="triplet"))
-    generator = torch.Generator().manual_seed(2)
-    for _ in range(5):
-        ids = torch.randint(0, 128, (2, 12), generator=generator)
-        model.zero_grad()
-        model(input_ids=ids, labels=ids).loss.backward()
-        element.update_importance()
-        triplet.update_importance()
+    element, triplet = allocators_fed_the_same_gradients(tiny_llama, config, importance_per="triplet")
     name, layer = next(iter(element.layers.items()))
     assert triplet.sensitivity[name, "lora_A"].shape == (4, 1) and triplet.sensitivity[name, "lora_B"].shape == (1, 4)
     torch.testing.assert_close(triplet.sensitivity[name, "lora_A"], element.sensitivity[name, "lora_A"].mean(1, True))

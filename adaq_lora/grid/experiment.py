@@ -255,7 +255,7 @@ def _difference(previous: dict, identity: dict) -> str:
 def _load_model(experiment: Experiment, progress: bool) -> tuple[torch.nn.Module, object, PrecisionPlan | None]:
     """The base model, the tokenizer, and the precision plan when it has to be made before loading: float on the CPU
     profiles (`prepare` quantizes and plans); with `quantize_on_load` the 4-bit methods load in NF4, adaq_lora's plan
-    scored from the model's files first (`quant/file_plan.py`) and the matrices it keeps above NF4 in 16 bits."""
+    scored from the model's files first (`quant/file_plan.py`), its other precisions re-read from them by `prepare`."""
     p = experiment.profile
     dtype = p.base_dtype
     spec = method_spec(experiment.method)

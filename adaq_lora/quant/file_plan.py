@@ -23,8 +23,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .precision import PrecisionPlan, choose_precisions, score_matrix
-from .weight_files import weight_files
 from .quantize import OUTPUT_HEADS
+from .weight_files import weight_files
 
 
 def plan_precision_from_files(folder: str | Path, budget_bits: float, device: str | torch.device = "cpu",
@@ -47,7 +47,7 @@ def plan_precision_from_files(folder: str | Path, budget_bits: float, device: st
                     continue
                 weight = tensors.get_tensor(key)
                 name = key.removesuffix(".weight")
-                scores[name], shapes[name] = score_matrix(weight), tuple(weight.shape)
+                scores[name], shapes[name] = score_matrix(weight, floor=floor), tuple(weight.shape)
                 del weight  # one matrix in memory at a time
     tied = {}
     if config.get("tie_word_embeddings") and not set(OUTPUT_HEADS) & set(scores):  # the head has no weight of its own

@@ -8,8 +8,7 @@ head included (QLoRA leaves those in 16 bits, and on a small model they are a la
 Importance of a matrix W stored at precision p: the loss it costs, to second order,
     ΔL_p(W) ≈ ½ Σ_ij F_ij (W_ij − Q_p(W)_ij)²,   F = E[(∂L/∂W)²]  (the empirical Fisher diagonal),
 measured on a few calibration examples, one example per backward pass so that F is a mean of squared
-per-example gradients. Without calibration data F ≡ 1 (the plain squared error). A matrix's importance is its
-Fisher-weighted NF4 error: what storing it in the fewest bits would cost.
+per-example gradients. Without calibration data F ≡ 1 (the plain squared error).
 
 The plan: every matrix starts at the fewest bits it can be stored in (NF2, `adaq_lora.quant.normal_float`); upgrades
 (NF2 → NF3 → NF4 → 8-bit → bfloat16) are bought greedily, the largest error reduction per extra byte first, while the
@@ -134,14 +133,16 @@ def fisher_diagonal(model: nn.Module, names: list[str], batches: list[dict]) -> 
     return fisher
 
 
-def available_precisions(weight: torch.Tensor) -> tuple[str, ...]:
-    return PRECISIONS if weight.shape[-1] % BLOCKSIZE == 0 else ("bf16",)
+def available_precisions(weight: torch.Tensor, floor: str = "nf2") -> tuple[str, ...]:
+    return PRECISIONS[PRECISIONS.index(floor):] if weight.shape[-1] % BLOCKSIZE == 0 else ("bf16",)
 
 
-def score_matrix(weight: torch.Tensor, weighting: torch.Tensor | None = None) -> tuple[dict[str, float], dict[str, int]]:
-    """For each precision `weight` can be stored at: ½ Σ F (W − Q_p(W))² (F ≡ 1 without `weighting`), and its bytes."""
+def score_matrix(weight: torch.Tensor, weighting: torch.Tensor | None = None,
+                 floor: str = "nf2") -> tuple[dict[str, float], dict[str, int]]:
+    """For each precision from `floor` up that `weight` can be stored at: ½ Σ F (W − Q_p(W))² (F ≡ 1 without
+    `weighting`), and its bytes."""
     errors, sizes = {}, {}
-    for precision in available_precisions(weight):
+    for precision in available_precisions(weight, floor):
         stored = BlockwiseMatrix(weight, precision)
         squared_error = (weight.float() - stored.rows().float()) ** 2
         errors[precision] = 0.5 * float((squared_error if weighting is None else weighting * squared_error).sum())
@@ -158,7 +159,7 @@ def plan_precision(model: nn.Module, budget_bits: float, calibration: list[dict]
     scores, shapes = {}, {}
     for name in tqdm(matrices, desc="scoring precisions", leave=False):
         weight = model.get_submodule(name).weight.detach()  # detached: no autograd graph while scoring
-        scores[name], shapes[name] = score_matrix(weight, fisher.pop(name, None)), tuple(weight.shape)
+        scores[name], shapes[name] = score_matrix(weight, fisher.pop(name, None), floor), tuple(weight.shape)
     return choose_precisions(scores, shapes, budget_bits, {name: shared for name, shared in matrices.items() if shared},
                              calibrated=bool(calibration), floor=floor)
 

@@ -6,6 +6,8 @@ from dataclasses import replace
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from adaq_lora import AdaQConfig, prepare
@@ -46,7 +48,9 @@ def loss_and_gradients(tuner, fused: bool, data: dict):
 
 @pytest.mark.parametrize("method, tied", [("lora", False), ("qlora", True), ("adaq_lora", True), ("adaq_lora", False),
                                           ("full", True), ("adalora", False)])
-def test_the_fused_loss_and_its_gradients_equal_transformers_own(method, tied):
+@pytest.mark.parametrize("logits_at_once", [fused_loss.CHUNK_LOGITS, 30 * 37])  # one block; blocks of 37 rows
+def test_the_fused_loss_and_its_gradients_equal_transformers_own(method, tied, logits_at_once, monkeypatch):
+    monkeypatch.setattr(fused_loss, "CHUNK_LOGITS", logits_at_once)  # 30 answer tokens: 128 rows in 37+37+37+17
     tuner = prepare(model(tied), method, CONFIG)
     twin = copy.deepcopy(tuner)
     expected_loss, expected = loss_and_gradients(tuner, fused=False, data=batch())
@@ -57,6 +61,36 @@ def test_the_fused_loss_and_its_gradients_equal_transformers_own(method, tied):
         assert torch.allclose(got[name], expected[name], rtol=1e-4, atol=1e-7), name
     if method == "adaq_lora":  # the head the precision plan stores: decoded a block of rows at a time
         assert isinstance(tuner.model.get_output_embeddings(), BlockwiseLinear)
+
+
+def test_a_trainable_head_with_a_bias_gets_the_gradients_of_the_whole_logits(monkeypatch):
+    monkeypatch.setattr(fused_loss, "CHUNK_LOGITS", 10 * 23)  # 10 tokens: blocks of 23 rows, the last one short
+    torch.manual_seed(0)
+    head, hidden = nn.Linear(16, 100), torch.randn(2, 6, 16, requires_grad=True)
+    labels = torch.randint(0, 100, (2, 6))
+    labels[0, :2] = -100
+    twin = copy.deepcopy(head)
+    loss = fused_loss.fused_cross_entropy(hidden, head, labels)
+    expected = F.cross_entropy(twin(hidden)[:, :-1].reshape(-1, 100), labels[:, 1:].reshape(-1))
+    got = torch.autograd.grad(loss, [hidden, head.weight, head.bias])
+    wanted = torch.autograd.grad(expected, [hidden, twin.weight, twin.bias])
+    assert float(loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-6)
+    for mine, theirs in zip(got, wanted):
+        assert torch.allclose(mine, theirs, rtol=1e-5, atol=1e-7)
+
+
+def test_a_blockwise_head_is_decoded_twice_a_step_whatever_the_number_of_answer_tokens(monkeypatch):
+    tuner = prepare(model(vocab=1024), "adaq_lora", CONFIG)
+    head = tuner.model.get_output_embeddings()
+    assert isinstance(head, BlockwiseLinear)
+    decoded, rows = [], head.matrix.rows
+    monkeypatch.setattr(head.matrix, "rows", lambda index=None: decoded.append(index) or rows(index))
+    data = batch(vocab=1024, seq=24, prompt=2)
+    answer_tokens = int((data["labels"][:, 1:] != -100).sum())  # 41 of the 46 shifted positions
+    monkeypatch.setattr(fused_loss, "CHUNK_LOGITS", answer_tokens * 64)  # blocks of 64 rows
+    FusedLossModel(tuner.model)(**data).backward()
+    assert len(decoded) == 2 * 1024 // 64  # two passes of 16 blocks: the head's rows twice, not once per token chunk
+    assert sum(index.stop - index.start for index in decoded) == 2 * 1024
 
 
 def test_in_bfloat16_the_fused_loss_follows_transformers_within_bfloat16_rounding():

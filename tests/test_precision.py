@@ -5,10 +5,10 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from adaq_lora import AdaQConfig, prepare
-from adaq_lora.quant.blockwise import BlockwiseEmbedding, BlockwiseLinear, BlockwiseMatrix
+from adaq_lora.quant.blockwise import BlockwiseEmbedding, BlockwiseLinear, BlockwiseMatrix, stored_bytes
 from adaq_lora.quant.quantize import dequantized_weight
 from adaq_lora.quant.precision import (PRECISIONS, PrecisionPlan, apply_precision_plan, frozen_matrices,
-                                 order_by_importance, plan_precision)
+                                 order_by_importance, plan_precision, score_matrix)
 from conftest import TINY_LLAMA, make_tiny_llama
 
 
@@ -152,3 +152,22 @@ def test_saved_adaq_lora_adapters_reload_onto_a_base_stored_by_the_same_plan(tmp
     assert reloaded.precision_plan == tuner.precision_plan
     with torch.no_grad():
         assert torch.equal(tuner.model(**token_batch).logits, reloaded.model(**token_batch).logits)
+
+
+@pytest.mark.parametrize("shape", [(3, 64), (7, 640), (129, 192)])
+def test_the_bytes_a_precision_stores_are_known_before_quantizing(shape):
+    weight = torch.randn(*shape)
+    for precision in PRECISIONS:
+        assert stored_bytes(shape, precision) == BlockwiseMatrix(weight, precision).nbytes, precision
+
+
+def test_a_large_matrix_scored_on_a_sample_of_its_rows_is_within_one_percent_of_its_full_score(monkeypatch):
+    generator = torch.Generator().manual_seed(0)
+    rows_spread = torch.rand(4096, 1, generator=generator) * 3  # rows of different scale, as real matrices have
+    weight = torch.randn(4096, 2048, generator=generator) * rows_spread  # 8.4 M weights: sampled to 4.2 M
+    sampled = score_matrix(weight, floor="nf3")
+    monkeypatch.setattr("adaq_lora.quant.precision.SAMPLED_WEIGHTS", weight.numel())
+    whole = score_matrix(weight, floor="nf3")
+    assert sampled[1] == whole[1]  # the bytes are the whole matrix's either way
+    for precision, error in whole[0].items():
+        assert sampled[0][precision] == pytest.approx(error, rel=0.01), precision

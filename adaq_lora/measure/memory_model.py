@@ -22,8 +22,10 @@ its peak is the end of its forward pass: the logits N·V·c, their float32 copy 
 and the last hidden state N·h·c.)
   A. The start of backward: every tensor saved for backward (below) and the loss's three float32 N × V tensors —
      the log-softmax output and the two gradients backward makes first: 3·N·V·4. With the fused loss
-     (training/fused_loss.py, our methods' default) the end of the forward instead: one chunk's three (chunk × V
-     of at most CHUNK_LOGITS values), and the answer rows of the hidden states with their gradient, 2·N·h·c. (The training step builds
+     (training/fused_loss.py, our methods' default) the end of the forward instead: one block of b head rows'
+     logits in float32 and their gradient in c (N·b·(4 + c), b = `block_rows`), the block's rows as decoded for a
+     planned head (b·h, float32 and c), and the answer rows of the hidden states, ∂C/∂h accumulated in float32
+     and its last product: N·h·(4 + 2c). (The training step builds
      Eq. 6's regularizer before the forward pass, so autograd runs its backward last: no adapter gradient yet.)
   B. For a 4-bit base, inside a 4-bit layer: the saved tensors and that layer's weight de-quantized to c for its
      matmul (the largest decoder matrix). It wins only where the vocabulary is small next to the layers.
@@ -64,7 +66,7 @@ from ..config import AdaQConfig
 from ..models import DEFAULT_TARGET_MODULES
 from ..paper import PAPER_MODEL_LABEL, PAPER_ROWS, published_memory_mb
 from ..quant.nf4 import BLOCKSIZE, SCALE_BLOCKSIZE
-from ..training.fused_loss import CHUNK_LOGITS
+from ..training.fused_loss import block_rows
 from ..tuners.registry import method_spec
 from .memory import CATEGORIES, MemoryBreakdown
 from .model_shape import ModelShape, load_chatglm2_6b_config
@@ -173,7 +175,10 @@ def dynamic_bytes(shape: ModelShape, method: str, config: AdaQConfig, w: int, c:
     svd_products = sum(rank * i * 4 for i, _ in matrices) if svd else 0
     dequantized = max(i * o for i, o in decoder) * c if method_spec(method).quantized else 0
     if config.fused_loss and not method_spec(method).peer:  # a chunk's logits, and ∂C/∂h with its answer rows
-        loss_tensors = 3 * min(tokens, max(1, CHUNK_LOGITS // vocab)) * vocab * 4 + 2 * tokens * hidden * c
+        rows = block_rows(tokens, vocab)
+        planned_head = method_spec(method).precision_plan and config.precision_budget_bits is not None
+        decoded_rows = rows * hidden * (4 + c * (c != 4)) if planned_head else 0
+        loss_tensors = tokens * rows * (4 + c) + decoded_rows + tokens * hidden * (4 + 2 * c)
     else:
         loss_tensors = 3 * tokens * vocab * 4
     if checkpointing:

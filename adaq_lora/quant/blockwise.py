@@ -33,6 +33,19 @@ NORMAL_FLOAT_BELOW_4 = {"nf2": 2, "nf3": 3}  # the codes `normal_float` packs; N
 CHUNK_ROWS = 4096  # rows decoded at once by BlockwiseLinear: 4096 × 576 floats ≈ 9 MB on the default model
 
 
+def stored_bytes(shape: tuple[int, int], precision: str) -> int:
+    """The bytes `BlockwiseMatrix(weight, precision).nbytes` holds for a matrix of `shape`, without quantizing it:
+    the codes, and per block of 64 a scale (1 byte double quantized, plus a float32 per 256 blocks and the offset;
+    a float32 for 8-bit codes)."""
+    count = shape[0] * shape[1]
+    if precision == "bf16":
+        return 2 * count
+    blocks = -(-count // BLOCKSIZE)
+    if precision == "int8":
+        return count + 4 * blocks
+    return count * PRECISION_BITS[precision] // 8 + blocks + 4 * -(-blocks // SCALE_BLOCKSIZE) + 4
+
+
 class BlockwiseMatrix(nn.Module):
     """One frozen matrix (rows × columns) at precision `precision`; `rows(index)` decodes some of its rows."""
 

@@ -41,13 +41,14 @@ from tqdm.auto import tqdm
 
 from ..atomic import write_json_atomic
 from ..data import collate_examples
-from .blockwise import PRECISIONS, BlockwiseEmbedding, BlockwiseLinear, BlockwiseMatrix
+from .blockwise import PRECISIONS, BlockwiseEmbedding, BlockwiseLinear, BlockwiseMatrix, stored_bytes
 from .nf4 import BLOCKSIZE
 from .quantize import OUTPUT_HEADS, compute_dtype_for, quantize_linear
 from .weight_files import matrix_from_files
 
 PLAN_FILE = "precision_plan.json"
 CALIBRATION_EXAMPLES = 8  # examples whose squared gradients estimate F; more cost a backward pass each
+SAMPLED_WEIGHTS = 2**22  # an unweighted score reads about this many weights of a larger matrix (`score_matrix`)
 
 
 @dataclass
@@ -140,13 +141,27 @@ def available_precisions(weight: torch.Tensor, floor: str = "nf2") -> tuple[str,
 def score_matrix(weight: torch.Tensor, weighting: torch.Tensor | None = None,
                  floor: str = "nf2") -> tuple[dict[str, float], dict[str, int]]:
     """For each precision from `floor` up that `weight` can be stored at: ½ Σ F (W − Q_p(W))² (F ≡ 1 without
-    `weighting`), and its bytes."""
+    `weighting`), and its bytes.
+
+    Without a weighting every row counts alike, so a matrix of more than `SAMPLED_WEIGHTS` weights is scored on
+    evenly spaced rows holding about that many and the error scaled to the whole: blocks run along rows, so a
+    row's error is what it is in the whole matrix. ChatGLM2-6B's matrices (17 to 266 million weights) are then
+    scored on 4 million each, within 1% of the full sum (tests/test_precision.py) and a twentieth of the time. A
+    Fisher weighting is concentrated on a few rows (an embedding's calibration tokens): those scores read every row.
+    """
+    scale = 1.0
+    if weighting is None and weight.numel() > SAMPLED_WEIGHTS:
+        kept = max(1, SAMPLED_WEIGHTS // weight.shape[1])
+        rows = torch.linspace(0, weight.shape[0] - 1, kept, device=weight.device).round().long().unique()
+        scale, sample = weight.shape[0] / len(rows), weight[rows]
+    else:
+        sample = weight
     errors, sizes = {}, {}
     for precision in available_precisions(weight, floor):
-        stored = BlockwiseMatrix(weight, precision)
-        squared_error = (weight.float() - stored.rows().float()) ** 2
-        errors[precision] = 0.5 * float((squared_error if weighting is None else weighting * squared_error).sum())
-        sizes[precision] = stored.nbytes
+        squared_error = (sample.float() - BlockwiseMatrix(sample, precision).rows().float()) ** 2
+        weighted = squared_error if weighting is None else weighting * squared_error
+        errors[precision] = 0.5 * scale * float(weighted.sum())
+        sizes[precision] = stored_bytes(tuple(weight.shape), precision)
     return errors, sizes
 
 

@@ -1,57 +1,100 @@
-"""The causal-LM loss without its logits: a fused linear cross-entropy (book chapter 6; Sec. 3's training loss).
+"""The causal-LM loss without its logits: a fused linear cross-entropy, tiled over the vocabulary (book chapter 6;
+Sec. 3's training loss).
 
-    C = (1/n) Σ_t −log softmax(W h_t)[y_t]   over the n answer tokens t (labels ≠ −100), h_t the final hidden state
+    C = (1/n) Σ_t [ log Σ_v exp(z_tv) − z_t,y_t ],   z_t = W h_t,   over the n answer tokens t (labels ≠ −100)
 
 transformers computes C from the whole [tokens × vocabulary] logits and keeps them, their float32 copy and the
-log-softmax for backward: at 128 tokens of SmolLM2's 49,152-word vocabulary that is most of a 4-bit model's
-activations, and no storage of the weights touches it. Here the head runs on a chunk of answer tokens at a time,
-and each chunk's gradient with respect to its hidden states (and to the head's weight, where it trains) is taken at
-once, in the forward pass: what stays for backward is ∂C/∂h, n × h values, not n × V. The backward pass only
-scales it by the incoming gradient. Prompt tokens, whose labels are −100, never reach the head at all.
+log-softmax for backward: at 512 tokens of ChatGLM2's 65,024-word vocabulary that is 400 MiB, more than a 4-bit
+model's other activations, and no storage of the weights touches it. Here the head's rows W_j are taken one block
+at a time, as cut cross-entropy does (Wijmans et al., 2024):
 
-The head is whatever module the model has: a frozen or trainable `nn.Linear`, one tied to the embedding, or one the
-precision plan stores in 8 or 4 bits (`quant/blockwise.py`); each chunk goes through its own forward and backward.
-The loss and the gradients equal transformers' own within float tolerance (tests/test_fused_loss.py).
-`AdaQConfig.fused_loss` switches it off; generation and evaluation never use it.
+  pass 1  for each block j: z_j = W_j h for every answer token, a running log-sum-exp per token
+          (lse ← logaddexp(lse, logsumexp(z_j))) and the target's logit where it falls in the block; C from those.
+  pass 2  for each block j again: p_j = exp(z_j − lse) minus 1 at each target, over n, is ∂C/∂z_j, so
+          ∂C/∂h += p_j W_j and, where the head trains, ∂C/∂W_j = p_jᵀ h.
+
+Both passes run in the forward call, so what stays for the backward pass is ∂C/∂h (n × h values, not n × V), which
+the backward only scales by the incoming gradient. The logits alive at any instant are one block of at most
+`CHUNK_LOGITS`; a head that the precision plan stores in 2 to 8 bits (`quant/blockwise.py`) is decoded twice a
+step, one block of rows at a time, however many answer tokens there are. (Tiling over tokens instead decodes the
+whole head twice per chunk of tokens: 64 times a step at 512 tokens of ChatGLM2-6B.) Prompt tokens, whose labels
+are −100, never reach the head. The head is an `nn.Linear` (frozen, trainable or tied to the embedding) or a
+`BlockwiseLinear`; the loss and the gradients equal transformers' own within float tolerance
+(tests/test_fused_loss.py). `AdaQConfig.fused_loss` switches it off; generation and evaluation never use it.
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..data import IGNORE_INDEX
+from ..quant.blockwise import CHUNK_ROWS, BlockwiseLinear
 
-CHUNK_LOGITS = 2**20  # logits made at once: tokens per chunk × vocabulary ≤ this (4 MiB in float32; SmolLM2: 21
-# tokens a chunk, ChatGLM2: 16). The step's loss tensors are about three of these instead of three [tokens × V].
+CHUNK_LOGITS = 2**20  # logits made at once, answer tokens × head rows ≤ this (4 MiB in float32), in blocks of at
+# most CHUNK_ROWS rows: ChatGLM2-6B at 512 answer tokens takes its 65,024 rows 2,048 at a time
 
 
-class _FusedLinearCrossEntropy(torch.autograd.Function):
+def block_rows(tokens: int, vocab: int) -> int:
+    """The head rows taken at once for `tokens` answer tokens (the memory model counts the same block)."""
+    return max(1, min(vocab, CHUNK_ROWS, CHUNK_LOGITS // tokens))
+
+
+def head_rows(head: nn.Module, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Rows start:stop of the head's weight (decoded, for a blockwise head; a view, for a dense one) and its bias."""
+    bias = None if head.bias is None else head.bias[start:stop]
+    if isinstance(head, BlockwiseLinear):
+        return head.matrix.rows(slice(start, stop)), bias
+    if isinstance(head, nn.Linear):
+        return head.weight[start:stop], bias
+    raise TypeError(f"the fused loss reads the output head's rows, and a {type(head).__name__} does not have them "
+                    f"as an nn.Linear or BlockwiseLinear does: train with fused_loss=False")
+
+
+def block_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """z_j in float32, made in the activations' dtype first and then upcast, as transformers' loss makes them."""
+    logits = hidden @ weight.to(hidden.dtype).T
+    return (logits if bias is None else logits + bias.to(logits.dtype)).float()
+
+
+class _VocabularyTiledCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, head: nn.Module, targets, *trainable):
-        chunk = max(1, CHUNK_LOGITS // (getattr(head, "out_features", None) or head.weight.shape[0]))
-        count = targets.numel()
-        grad_hidden = torch.empty_like(hidden)
-        grad_trainable = [torch.zeros_like(p) for p in trainable]
-        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        with torch.enable_grad():
-            for start in range(0, count, chunk):
-                piece = hidden[start:start + chunk].detach().requires_grad_()
-                logits = head(piece).float()  # as transformers' loss upcasts them
-                loss = F.cross_entropy(logits, targets[start:start + chunk], reduction="sum") / count
-                grads = torch.autograd.grad(loss, [piece, *trainable])
-                grad_hidden[start:start + chunk] = grads[0]
-                for accumulated, grad in zip(grad_trainable, grads[1:]):
-                    accumulated += grad
-                total += loss.detach()
-        ctx.save_for_backward(grad_hidden, *grad_trainable)
-        return total
+    def forward(ctx, hidden, head: nn.Module, targets, weight, bias):
+        """`weight`, `bias`: the head's own parameters where they train (autograd hands them their gradients),
+        else None."""
+        count, vocab = targets.numel(), head.out_features
+        rows = block_rows(count, vocab)
+        token = torch.arange(count, device=hidden.device)
+        with torch.no_grad():
+            lse = torch.full((count,), float("-inf"), device=hidden.device)
+            target_logit = torch.zeros(count, device=hidden.device)
+            for start in range(0, vocab, rows):
+                logits = block_logits(hidden, *head_rows(head, start, start + rows))
+                lse = torch.logaddexp(lse, torch.logsumexp(logits, dim=1))
+                inside = (targets >= start) & (targets < start + rows)
+                target_logit[inside] = logits[token[inside], targets[inside] - start]
+            grad_hidden = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device)
+            grad_weight = None if weight is None else torch.zeros_like(weight)
+            grad_bias = None if bias is None else torch.zeros_like(bias)
+            for start in range(0, vocab, rows):
+                block_weight, block_bias = head_rows(head, start, start + rows)
+                probabilities = block_logits(hidden, block_weight, block_bias).sub_(lse[:, None]).exp_()
+                inside = (targets >= start) & (targets < start + rows)
+                probabilities[token[inside], targets[inside] - start] -= 1
+                grad_logits = probabilities.div_(count).to(hidden.dtype)
+                grad_hidden += (grad_logits @ block_weight.to(hidden.dtype)).float()
+                if grad_weight is not None:
+                    grad_weight[start:start + rows] = (grad_logits.T @ hidden).to(grad_weight.dtype)
+                if grad_bias is not None:
+                    grad_bias[start:start + rows] = probabilities.sum(0).to(grad_bias.dtype)
+        ctx.save_for_backward(grad_hidden.to(hidden.dtype), grad_weight, grad_bias)
+        return (lse - target_logit).sum() / count
 
     @staticmethod
     def backward(ctx, grad_output):
-        grad_hidden, *grad_trainable = ctx.saved_tensors
-        scale = grad_output.to(grad_hidden.dtype)
-        return grad_hidden * scale, None, None, *(grad * grad_output.to(grad.dtype) for grad in grad_trainable)
+        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
+        scaled = [None if grad is None else grad * grad_output.to(grad.dtype)
+                  for grad in (grad_hidden, grad_weight, grad_bias)]
+        return scaled[0], None, None, scaled[1], scaled[2]
 
 
 def fused_cross_entropy(hidden: torch.Tensor, head: nn.Module, labels: torch.Tensor) -> torch.Tensor:
@@ -62,8 +105,9 @@ def fused_cross_entropy(hidden: torch.Tensor, head: nn.Module, labels: torch.Ten
     if not bool(answer.any()):
         raise ValueError("every label is -100: the batch has no answer token to learn from")
     hidden = hidden[:, :-1].reshape(-1, hidden.shape[-1])[answer]
-    trainable = [p for p in head.parameters() if p.requires_grad]
-    return _FusedLinearCrossEntropy.apply(hidden, head, targets[answer], *trainable)
+    own = dict(head.named_parameters(recurse=False))  # not `head.weight`: a BlockwiseLinear would decode it whole
+    trainable = [p if p is not None and p.requires_grad else None for p in (own.get("weight"), own.get("bias"))]
+    return _VocabularyTiledCrossEntropy.apply(hidden, head, targets[answer], *trainable)
 
 
 class FusedLossModel(nn.Module):

@@ -2,6 +2,7 @@
 interval is on their side (a tie is NOT RESOLVED, never agreement), memory against the paper's stated margins, runs
 grouped by model, profile and data set with their seeds pooled, and pairs that must be the same prompts."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -140,3 +141,26 @@ def test_a_run_without_predictions_is_named(tmp_path):
 def test_runs_with_nothing_to_compare_say_so_instead_of_an_empty_table():
     text = claims_markdown(check_claims([]))
     assert "|" not in text and text.startswith("*Nothing to judge yet")
+
+
+def test_a_renamed_recorded_row_is_its_own_row_and_never_pooled_with_the_method_it_ran(tmp_path):
+    from adaq_lora.grid.experiment import RESULT_KEYS
+    from adaq_lora.grid.tables import build_tables, collect_results
+
+    for folder, method, avg in [("adaq_lora", "adaq_lora", 0.5), ("adaq_lora_gaussian_start", "adaq_lora", 0.1),
+                                ("qlora", "qlora", 0.3)]:
+        run = write_run(tmp_path / "written" / folder, method, [avg] * 8, 200.0)
+        cell = tmp_path / "school_math" / folder / "seed0"  # the recorded layout: <data set>/<row>/seed<k>
+        cell.mkdir(parents=True)
+        (cell / "predictions.jsonl").write_bytes(Path(run["path"]).with_name("predictions.jsonl").read_bytes())
+        result = dict.fromkeys(RESULT_KEYS) | {k: v for k, v in run.items() if k != "path"} | {"n_test": 8,
+                                                                                              "intervals": {}}
+        (cell / "result.json").write_text(json.dumps(result), encoding="utf-8")
+    results = collect_results(tmp_path / "school_math")
+    assert sorted(r["method"] for r in results) == ["adaq_lora", "adaq_lora_gaussian_start", "qlora"]
+    assert {r.get("ran_as") for r in results} == {None, "adaq_lora"}
+    qlora_check = next(c for c in check_claims(results) if "QLoRA method ... improves ROUGE" in c.claim)
+    assert "Avg 0.5000 vs 0.3000 (qlora)" in qlora_check.evidence  # the new cell alone, not its mean with the old
+    labels = [row["method"] for row in build_tables(results)[1]["rows"]]
+    assert labels[-3:] == ["SmolLM2-135M-Instruct+QLoRA", "SmolLM2-135M-Instruct+ADAQ-LoRA",
+                           "SmolLM2-135M-Instruct+ADAQ-LoRA, Gaussian start and 6-bit plan"]  # right after the new

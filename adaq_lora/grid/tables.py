@@ -25,6 +25,11 @@ COLUMNS = ("Rouge-1", "Rouge-2", "Rouge-L", "BLEU", "Avg")  # the paper's header
 ACCURACY_COLUMN = "Accuracy"  # ours only (scoring/accuracy.py): the paper reports none
 SCORED = (*METRIC_NAMES, "accuracy")  # what a row holds, with its interval where it has one
 MEMORY_COLUMN = "Memory/MB"
+RENAMED_ROWS = {  # a recorded folder named apart from the method it ran → (that method, the row's label)
+    # ADAQ-LoRA's cpu cells from before its gradient start and sub-4-bit plan (results/README.md): their own row
+    "adaq_lora_gaussian_start": ("adaq_lora", "+ADAQ-LoRA, Gaussian start and 6-bit plan"),
+    "adaq_lora_nf4_gaussian_start": ("adaq_lora_nf4", "+ADAQ-LoRA on NF4 storage, Gaussian start"),
+}
 
 
 @dataclass(frozen=True)
@@ -43,7 +48,8 @@ class TableSpec:
 TABLES = (TableSpec(1, PAPER_DATASETS[0]), TableSpec(2, PAPER_DATASETS[1]))
 
 def collect_results(runs_dir: str | Path) -> list[dict]:
-    """Every complete result.json under `runs_dir`, in path order; a half-written run has none and is not listed."""
+    """Every complete result.json under `runs_dir`, in path order; a half-written run has none and is not listed.
+    A run in a folder of `RENAMED_ROWS` is listed under the folder's name (its `ran_as` says the method)."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise ValueError(f"{runs_dir} is not a folder; give the folder the runs were written under")
@@ -52,6 +58,9 @@ def collect_results(runs_dir: str | Path) -> list[dict]:
         result = load_result(path.parent)
         if result is None:
             raise ValueError(f"{path} is not a complete result (keys missing or not JSON); rerun that cell")
+        row = path.parent.parent.name
+        if RENAMED_ROWS.get(row, (None,))[0] == result["method"]:  # a row of its own, not one more seed of the method
+            result = {**result, "method": row, "ran_as": result["method"]}
         results.append({**result, "path": str(path)})
     return results
 
@@ -83,8 +92,10 @@ def paper_row(table: int, method: str) -> dict:
 def result_row(result: dict, show_seed: bool = False) -> dict:
     model = Path(result["model"]).name
     source = f"ours ({result['profile']}, {result['n_test']} test examples" + (f", seed {result['seed']})" if show_seed else ")")
-    known = result["method"] in method_names()
-    label = method_spec(result["method"]).label if known else f"+{result['method']}"
+    if result["method"] in RENAMED_ROWS:
+        label = RENAMED_ROWS[result["method"]][1]
+    else:
+        label = method_spec(result["method"]).label if result["method"] in method_names() else f"+{result['method']}"
     return {"method": model + label, "source": source,
             **{name: result.get(name) for name in SCORED},  # runs recorded before accuracy have none
             "intervals": {name: tuple(result["intervals"][name]) for name in SCORED if name in result["intervals"]},
@@ -136,6 +147,7 @@ def _row_order(result: dict) -> tuple:
     others = sorted((name for name in method_names() if name not in paper),
                     key=lambda name: (method_spec(name).peer, method_spec(name).trains_base))  # stable: registry order
     methods = paper + others
+    methods = methods[:methods.index("adaq_lora") + 1] + list(RENAMED_ROWS) + methods[methods.index("adaq_lora") + 1:]
     rank = methods.index(result["method"]) if result["method"] in methods else len(methods)
     return result["model"], result["profile"], result["seed"], rank
 

@@ -210,6 +210,19 @@ def memory_check(group: str, claim: str, ours: list[dict], theirs: list[dict], s
                       REPRODUCED if ratio <= allowed else CONTRADICTED)
 
 
+def paper_scale_checks(rows: list[dict], adaq_variant: str = "adaq_lora", checkpointing: bool = True) -> list[ClaimCheck]:
+    """The paper's memory claims on ChatGLM2-6B's own architecture: `rows` are benchmarks/paper_scale.py's 28-layer
+    rows (variant, method, gradient_checkpointing, measured_mib), `adaq_variant` the row that stands for ADAQ-LoRA;
+    each claim judged by `memory_check`, in the same words and margins as the runs of the default model."""
+    peaks = {row["variant"]: {"method": row["method"], "memory_mb": row["measured_mib"]}
+             for row in rows if row["gradient_checkpointing"] == checkpointing}
+    group = (f"ChatGLM2-6B's architecture, {adaq_variant}, 512 tokens, checkpointing "
+             f"{'on' if checkpointing else 'off'} (CPU, measured)")
+    return [memory_check(group, claim, [peaks[adaq_variant]], [peaks[other]], saving, table)
+            for table, claims in PAPER_CLAIMS.items() for claim, other, saving in claims
+            if saving is not None and adaq_variant in peaks and other in peaks]
+
+
 def claims_markdown(checks: list[ClaimCheck], heading: str = "claim (the paper's words, Sec. 3)") -> str:
     """The checks as a table; with none, a sentence saying why, not a table of headers alone."""
     if not checks:

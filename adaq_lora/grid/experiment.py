@@ -179,7 +179,7 @@ def execute(experiment: Experiment, out_dir: str | Path, force: bool = False, pr
         eval_seconds = time.perf_counter() - eval_began
     references = [record["output"] for record in experiment.test_records]
     per_example = per_example_scores(predictions, references, lang="zh")
-    per_example["accuracy"] = accuracy_scores(predictions, references, answer_kind(experiment.dataset))
+    per_example |= accuracy_scores(predictions, references, answer_kind(experiment.dataset))
     if world.main:
         _write_predictions(out_dir / PREDICTIONS_FILE, experiment.test_records, predictions, per_example)
     intervals = bootstrap_intervals(per_example, n_resamples=experiment.profile.bootstrap_resamples, seed=0)

@@ -9,7 +9,13 @@ goes wrong in the last step keeps nearly every word of the reference (in a run o
   "3/4" = 0.75, "45%" = 0.45, thousands separators are dropped, a minus sign counts where no digit stands before
   it (so -3 ≠ 3, and "30-20" is two numbers), and units or words around them do not matter.
 - `exact` (Alpaca-style tasks with one checkable answer): the whole answer equals the reference after whitespace and
-  punctuation (Chinese and ASCII) are removed and letters lower-cased.
+  punctuation (Chinese and ASCII) are removed and full-width forms folded. Letters keep their case: a task may ask
+  for capitals, and "apple" does not answer "rewrite in capitals" with "APPLE". (Until 2026-12-05 case was folded;
+  `scripts/add_accuracy.py` re-scored the recorded runs.)
+- `accuracy_working` (`final_answer` sets only): the final numbers are right and so is every step of the working
+  that states one, `a op b = c` (a chain a op b = c = d: every side equal) in exact arithmetic, × ÷ before + −,
+  brackets kept; a side stated with k decimals may round to them. A right final number reached through a wrong
+  step is a lucky answer, not a solved problem. A step that cannot be read as arithmetic is not judged.
 
 Each example scores 1 or 0, so the mean is the accuracy and `metrics.bootstrap_intervals` gives its interval.
 """
@@ -57,8 +63,8 @@ def numbers(text: str) -> list[Fraction]:
 
 
 def normalized(text: str) -> str:
-    """Letters and digits only, lower-cased, full-width forms folded: what `exact` compares."""
-    folded = unicodedata.normalize("NFKC", text).lower()
+    """Letters (case kept) and digits only, full-width forms folded: what `exact` compares."""
+    folded = unicodedata.normalize("NFKC", text)
     return "".join(ch for ch in folded if not (ch.isspace() or unicodedata.category(ch).startswith("P")))
 
 
@@ -71,8 +77,87 @@ def answer_correct(prediction: str, reference: str, kind: str) -> bool:
     return bool(expected) and numbers(final_line(prediction)) == expected
 
 
-def accuracy_scores(predictions: list[str], references: list[str], kind: str) -> list[float]:
-    """1.0 for each right answer, 0.0 for each wrong one, in order."""
+def accuracy_scores(predictions: list[str], references: list[str], kind: str) -> dict[str, list[float]]:
+    """Per example, 1.0 right and 0.0 wrong, in order: `accuracy`, and for `final_answer` `accuracy_working`."""
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
-    return [float(answer_correct(p, r, kind)) for p, r in zip(predictions, references)]
+    right = [answer_correct(p, r, kind) for p, r in zip(predictions, references)]
+    scores = {"accuracy": [float(correct) for correct in right]}
+    if kind == "final_answer":
+        scores["accuracy_working"] = [float(correct and working_correct(p)) for correct, p in zip(right, predictions)]
+    return scores
+
+
+def working_correct(text: str) -> bool:
+    """Every arithmetic step `a op b = c` of `text` holds (see the module docstring); a text without one holds."""
+    for match in _STEP.finditer(unicodedata.normalize("NFKC", text)):
+        sides = [side.strip() for side in match.group(0).split("=")]
+        sides[0], sides[-1] = sides[0].lstrip("+-−×*÷/ "), sides[-1].rstrip("+-−×*÷/( ")
+        if not _OPERATION.search(sides[0]):
+            continue  # "…千米+114千米=144": the operands stand apart, or a restated value: nothing to check here
+        try:
+            values = [_evaluate(side) for side in sides]
+        except (ValueError, ZeroDivisionError):
+            continue
+        if any(abs(value - values[0]) > _rounding(side) for side, value in zip(sides[1:], values[1:])):
+            return False
+    return True
+
+
+_STEP = re.compile(r"[\d.\s()+\-−×*÷/]+(?:=[\d.\s()+\-−×*÷/]+)+")
+_OPERATION = re.compile(r"[\d)]\s*[+\-−×*÷/]\s*[\d(]")
+_TOKEN = re.compile(r"\d+(?:\.\d+)?|[+\-−×*÷/()]")
+
+
+def _rounding(side: str) -> Fraction:
+    """Half a unit of the last decimal a plain number is stated to: 3.33 may stand for 10/3."""
+    plain = re.fullmatch(r"\d+\.(\d+)", side)
+    return Fraction(1, 2 * 10 ** len(plain.group(1))) if plain else Fraction(0)
+
+
+def _evaluate(expression: str) -> Fraction:
+    """The exact value of + − × ÷ arithmetic with brackets; ValueError for anything else."""
+    tokens = _TOKEN.findall(expression)
+    if "".join(tokens) != re.sub(r"\s", "", expression):
+        raise ValueError(f"not arithmetic: {expression!r}")
+    position = 0
+
+    def take() -> str:
+        nonlocal position
+        if position >= len(tokens):
+            raise ValueError("the expression ends early")
+        position += 1
+        return tokens[position - 1]
+
+    def peek() -> str | None:
+        return tokens[position] if position < len(tokens) else None
+
+    def factor() -> Fraction:
+        token = take()
+        if token in "-−":
+            return -factor()
+        if token == "(":
+            value = total()
+            if take() != ")":
+                raise ValueError("unbalanced bracket")
+            return value
+        if not token[0].isdigit():
+            raise ValueError(f"a number was expected, not {token!r}")
+        return Fraction(token)
+
+    def product() -> Fraction:
+        value = factor()
+        while peek() in ("×", "*", "÷", "/"):
+            value = value * factor() if take() in "×*" else value / factor()
+        return value
+
+    def total() -> Fraction:
+        value = product()
+        while peek() in ("+", "-", "−"):
+            value = value + product() if take() == "+" else value - product()
+        return value
+
+    value = total()
+    if position != len(tokens):
+        raise ValueError(f"left over: {tokens[position:]}")
+    return value

@@ -34,7 +34,7 @@ def test_the_statement_sets_our_test_set_beside_the_paper_s_and_its_published_ga
     assert set(rows) == {("school_math", "Avg"), ("school_math", "accuracy"), ("alpaca_zh", "Avg")}
     avg = rows["school_math", "Avg"]
     differences = np.subtract(adaq, qlora)
-    assert (avg.prompts, avg.seeds) == (200, 1)
+    assert (avg.prompts, avg.seeds, avg.seed_spreads) == (200, (1, 1), (0.0, 0.0))
     assert avg.spread == pytest.approx(differences.std(ddof=1))
     assert avg.detectable == pytest.approx(2.801585 * differences.std(ddof=1) / np.sqrt(200), rel=1e-5)
     assert avg.paper_prompts == 49_600 and rows["alpaca_zh", "Avg"].paper_prompts == 9_764
@@ -48,16 +48,23 @@ def test_runs_with_nothing_to_compare_give_a_sentence_not_an_empty_table():
     assert "|" not in text and text.startswith("*Nothing to size yet")
 
 
-def test_the_paper_s_single_runs_are_sized_at_one_seed_s_spread_which_the_seed_mean_understates(tmp_path):
+def test_the_paper_s_single_runs_are_sized_at_one_run_s_spread_and_each_method_s_seed_spread(tmp_path):
     rng = np.random.default_rng(1)
-    adaq = {seed: rng.uniform(0.2, 0.8, 100) for seed in (0, 1)}
+    adaq = {seed: rng.uniform(0.2, 0.8, 100) + 0.02 * seed for seed in (0, 1)}  # seed 1 a little better
     qlora = {seed: adaq[seed] + rng.normal(0.0, 0.1, 100) for seed in (0, 1)}  # independent noise per seed
     results = [write_run(tmp_path, method, list(scores[seed]), 100.0, seed=seed)
                for method, scores in (("adaq_lora", adaq), ("qlora", qlora)) for seed in (0, 1)]
     row, = power_rows(results, power=0.9)
-    per_seed = [adaq[seed] - qlora[seed] for seed in (0, 1)]
-    assert row.seeds == 2 and row.spread == pytest.approx(np.mean(per_seed, axis=0).std(ddof=1))
-    assert row.run_spread == pytest.approx(np.sqrt(np.mean([d.std(ddof=1) ** 2 for d in per_seed])))
+    differences = np.mean([adaq[0], adaq[1]], axis=0) - np.mean([qlora[0], qlora[1]], axis=0)
+    assert row.seeds == (2, 2) and row.spread == pytest.approx(differences.std(ddof=1))
+    one_run = [(adaq[i] - qlora[j]).std(ddof=1) ** 2 for i in (0, 1) for j in (0, 1)]
+    assert row.run_spread == pytest.approx(np.sqrt(np.mean(one_run)))
     assert row.run_spread > 1.2 * row.spread  # averaging two seeds shrinks the spread by about √2
-    assert row.paper_detectable == pytest.approx(minimum_detectable_difference(row.run_spread, 49_600, power=0.9))
+    sigma = [np.std([scores[0].mean(), scores[1].mean()], ddof=1) for scores in (adaq, qlora)]
+    assert row.seed_spreads == pytest.approx(sigma)
+    assert row.detectable == pytest.approx(minimum_detectable_difference(
+        row.spread, 100, power=0.9, seed_variance=(sigma[0] ** 2 + sigma[1] ** 2) / 2))
+    assert row.detectable > minimum_detectable_difference(row.spread, 100, power=0.9)  # the seeds add their noise
+    assert row.paper_detectable == pytest.approx(minimum_detectable_difference(
+        row.run_spread, 49_600, power=0.9, seed_variance=sigma[0] ** 2 + sigma[1] ** 2))
     assert "at 90% power" in power_markdown([row])

@@ -5,21 +5,25 @@ on the untrained model, on LoRA and on QLoRA, with memory reduced by a stated ma
 LoRA, 5% against QLoRA; School_math: 75% and 30%). Our runs are grouped by model, profile and data set, so runs of
 another model or profile never answer for each other.
 
-- A score claim is tested by a paired bootstrap over the test prompts (`metrics.paired_bootstrap`), on the Avg the
-  tables report and, where the runs have it, on answer accuracy. Seeds are judged together: each prompt's score is
-  its mean over the seeds both methods ran, so the test prompts, not the prompt-seed pairs, are what is resampled.
-  The untrained model is run once: its greedy answers are the same for every seed, so it pairs with each of them.
-  The pairs must be the same prompts with the same references in every run, or the comparison is refused.
-  REPRODUCED when the whole 95% interval of the difference lies above zero, CONTRADICTED when it lies below, NOT
-  RESOLVED otherwise: a null result is not read as agreement.
+- A score claim is tested on the Avg the tables report and, where the runs have it, on answer accuracy, by a
+  two-level bootstrap (`metrics.seed_and_prompt_bootstrap`): each resample draws the test prompts, paired between
+  the two methods, and within each method its training runs (seeds), so the interval covers both what another test
+  set and what another training run would change. The untrained model is run once (its greedy answers do not depend
+  on the seed). The runs must hold the same prompts with the same references (`paired.seed_runs`), or the comparison
+  is refused. REPRODUCED when the whole 95% interval of the difference lies above zero, CONTRADICTED when it lies
+  below, NOT RESOLVED otherwise: a null result is not read as agreement. Where neither method answers a single
+  prompt correctly in any run, accuracy cannot tell them apart at this size: NOT MEASURABLE, not a verdict. Each
+  check keeps its bootstrap p-value, for `paired.holm_adjusted` over the whole family.
 - A memory claim is judged against its margin, read as the round figure it is: "80%" to the nearest ten (a saving
   of 75% or more), "75%" to the nearest one (74.5% or more; `least_saving`). So read, the paper's own Memory/MB
   columns bear out all four of its margins (Table 1's 8,446 MB against 40,132 MB is a 79% saving). REPRODUCED when
   our measured peaks are at least that much apart, CONTRADICTED otherwise (a smaller saving than claimed does not
   support the claim). The evidence shows the paper's own ratio beside ours.
-- `check_ablations` judges the two halves of our ADAQ-LoRA apart, the same way: the precision plan alone
-  (`adaq_lora` against `adaq_lora_nf4`, which stores the base as QLoRA does) and the SVD adapters with the rank
-  budget alone (`adaq_lora_nf4` against `qlora`). These are our questions, not the paper's claims.
+- `check_ablations` judges the halves of our ADAQ-LoRA apart, the same way: the precision plan alone (`adaq_lora`
+  against `adaq_lora_nf4`, which stores the base as QLoRA does), the SVD adapters with the rank budget alone
+  (`adaq_lora_nf4` against `qlora`), and today's defaults against the first ones (the recorded rows of
+  `tables.RENAMED_ROWS`). These are our questions, not the paper's claims, so their words are HELPS, HURTS or NO
+  DIFFERENCE RESOLVED.
 
 The verdicts are computed; nothing here is typed but the paper's sentences and margins.
 """
@@ -28,14 +32,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data import json_lines_rows
 from ..paper import published_memory_mb
-from ..scoring.metrics import paired_bootstrap
-from ..tuners.registry import method_spec
-from .experiment import PREDICTIONS_FILE
+from ..scoring.metrics import seed_and_prompt_bootstrap
+from .paired import caching_reader, seed_runs
 from .tables import table_for
 
-REPRODUCED, CONTRADICTED, NOT_RESOLVED = "REPRODUCED", "CONTRADICTED", "NOT RESOLVED"
+REPRODUCED, CONTRADICTED, NOT_RESOLVED = "REPRODUCED", "CONTRADICTED", "NOT RESOLVED"  # the paper's claims
+HELPS, HURTS, NO_DIFFERENCE = "HELPS", "HURTS", "NO DIFFERENCE RESOLVED"  # our ablations
+NOT_MEASURABLE = "NOT MEASURABLE"  # neither method ever answers right: accuracy cannot compare them
+CLAIM_WORDS, ABLATION_WORDS = (REPRODUCED, CONTRADICTED, NOT_RESOLVED), (HELPS, HURTS, NO_DIFFERENCE)
 PAPER_CLAIMS = {  # table → (the paper's words, the method compared, the memory saving claimed in % or None for scores)
     1: (("ROUGE indicator on the Alpaca_Chinese dataset improved ... compared to the original model", "base", None),
         ("a 4% improvement in ROUGE metrics [compared to LoRA]", "lora", None),
@@ -51,6 +56,8 @@ PAPER_CLAIMS = {  # table → (the paper's words, the method compared, the memor
 ABLATIONS = (  # our questions: (what is judged, the run with it, the run without it)
     ("the precision plan alone: ADAQ-LoRA against ADAQ-LoRA with QLoRA's storage", "adaq_lora", "adaq_lora_nf4"),
     ("the SVD adapters and rank budget alone: ADAQ-LoRA with QLoRA's storage against QLoRA", "adaq_lora_nf4", "qlora"),
+    ("today's defaults: ADAQ-LoRA against its first (Gaussian start, 6-bit plan)", "adaq_lora", "adaq_lora_gaussian_start"),
+    ("today's start on QLoRA's storage: against the Gaussian start", "adaq_lora_nf4", "adaq_lora_nf4_gaussian_start"),
 )
 SCORED = {"avg": "Avg", "accuracy": "accuracy"}  # what a score claim is judged on, where the runs have it
 
@@ -60,66 +67,13 @@ class ClaimCheck:
     group: str  # the runs compared: model, profile and data set
     claim: str  # the paper's words
     evidence: str  # what our runs show: the two values and the difference's interval, or the memory ratio
-    verdict: str  # REPRODUCED, CONTRADICTED or NOT RESOLVED
+    verdict: str  # CLAIM_WORDS for the paper's claims, ABLATION_WORDS for ours, or NOT_MEASURABLE
+    p_value: float | None = None  # the score comparison's two-sided bootstrap p-value; None for memory
 
 
-def recorded_rows(result: dict) -> list[dict]:
-    """The rows of the predictions.jsonl beside a collected result.json (`tables.collect_results`)."""
-    path = Path(result["path"]).parent / PREDICTIONS_FILE
-    try:
-        rows = [row for _, row in json_lines_rows(path.read_text(encoding="utf-8"), path)]
-    except FileNotFoundError:
-        raise ValueError(f"{path} is missing: the paired comparison needs each run's predictions; rerun that cell")
-    if not rows:
-        raise ValueError(f"{path} has no predictions; rerun that cell")
-    return rows
-
-
-def seed_pairs(ours: list[dict], theirs: list[dict], metric: str,
-               read=recorded_rows) -> list[tuple[list[float], list[float]]] | None:
-    """Per-prompt `metric` of two methods, one (ours, theirs) pair of lists per seed both ran; None where they share
-    no seed or a run lacks the metric. A method that trains nothing (the untrained model), run once, pairs with
-    every seed: its greedy answers do not depend on the seed.
-
-    `read` gives a run's prediction rows (`recorded_rows`, or a caching wrapper of it)."""
-    seedless = len(theirs) == 1 and not method_spec(theirs[0]["method"]).trains
-    by_seed = {r["seed"]: r for r in theirs}
-    pairs, first, asked = [], None, None
-    for run in sorted(ours, key=lambda r: r["seed"]):
-        other = theirs[0] if seedless else by_seed.get(run["seed"])
-        if other is None:
-            continue
-        rows_a, rows_b = read(run), read(other)
-        if first is None:
-            first, asked = run, _prompts(rows_a)
-        for compared, rows in ((run, rows_a), (other, rows_b)):
-            if _prompts(rows) != asked:
-                raise ValueError(f"{compared['path']} and {first['path']} do not hold the same test prompts and "
-                                 "references: they cannot be paired; rerun one of them")
-        if any(metric not in r["scores"] for r in rows_a + rows_b):
-            return None
-        pairs.append(([r["scores"][metric] for r in rows_a], [r["scores"][metric] for r in rows_b]))
-    return pairs or None
-
-
-def paired_scores(ours: list[dict], theirs: list[dict], metric: str,
-                  read=recorded_rows) -> tuple[list[float], list[float], int] | None:
-    """Per-prompt `metric` of two methods, each the mean over the seeds both ran (`seed_pairs`), and that number of
-    seeds; None where `seed_pairs` finds none."""
-    pairs = seed_pairs(ours, theirs, metric, read)
-    if pairs is None:
-        return None
-    ours_mean, theirs_mean = ([sum(scores) / len(pairs) for scores in zip(*(pair[side] for pair in pairs))]
-                              for side in (0, 1))
-    return ours_mean, theirs_mean, len(pairs)
-
-
-def _prompts(rows: list[dict]) -> list[tuple[str, str]]:
-    return [(r["prompt"], r["reference"]) for r in rows]
-
-
-def score_verdict(low: float, high: float) -> str:
-    return REPRODUCED if low > 0 else CONTRADICTED if high < 0 else NOT_RESOLVED
+def score_verdict(low: float, high: float, words: tuple[str, str, str] = CLAIM_WORDS) -> str:
+    """words[0] when the interval lies above zero, words[1] below, words[2] across it."""
+    return words[0] if low > 0 else words[1] if high < 0 else words[2]
 
 
 def group_runs(results: list[dict]) -> dict[tuple[str, str, str], dict[str, list[dict]]]:
@@ -131,30 +85,25 @@ def group_runs(results: list[dict]) -> dict[tuple[str, str, str], dict[str, list
     return dict(sorted(groups.items()))
 
 
-def caching_reader():
-    """`recorded_rows`, reading each predictions.jsonl once however many comparisons pair it."""
-    rows: dict[str, list[dict]] = {}
-
-    def read(run: dict) -> list[dict]:
-        if run["path"] not in rows:
-            rows[run["path"]] = recorded_rows(run)
-        return rows[run["path"]]
-
-    return read
-
-
-def score_checks(group: str, claim: str, ours: list[dict], theirs: list[dict], other: str, read) -> list[ClaimCheck]:
-    """One paired test of `ours` against `theirs` per metric of `SCORED` that both have."""
+def score_checks(group: str, claim: str, ours: list[dict], theirs: list[dict], other: str, read,
+                 words: tuple[str, str, str] = CLAIM_WORDS) -> list[ClaimCheck]:
+    """One two-level bootstrap of `ours` against `theirs` per metric of `SCORED` that both have."""
     checks = []
     for metric, label in SCORED.items():
-        pairs = paired_scores(ours, theirs, metric, read)
-        if pairs is None:
+        runs = seed_runs(ours, theirs, metric, read)
+        if runs is None:
             continue
-        a, b, seeds = pairs
-        low, high = paired_bootstrap({metric: a}, {metric: b}, metric=metric).interval
-        checks.append(ClaimCheck(group, claim, f"{label} {sum(a) / len(a):.4f} vs {sum(b) / len(b):.4f} ({other}), "
-                                 f"difference 95% CI [{low:+.4f}, {high:+.4f}] over {len(a)} test prompts, "
-                                 f"each the mean of {seeds} seed(s)", score_verdict(low, high)))
+        means = [sum(map(sum, side)) / sum(map(len, side)) for side in runs]
+        if metric == "accuracy" and means == [0.0, 0.0]:
+            checks.append(ClaimCheck(group, claim, f"accuracy 0 vs 0 ({other}): neither answers a prompt right in "
+                                     f"any of {len(runs[0])} and {len(runs[1])} run(s)", NOT_MEASURABLE))
+            continue
+        comparison = seed_and_prompt_bootstrap(*runs, metric=metric)
+        low, high = comparison.interval
+        checks.append(ClaimCheck(group, claim, f"{label} {means[0]:.4f} vs {means[1]:.4f} ({other}), difference 95% "
+                                 f"CI [{low:+.4f}, {high:+.4f}] over {len(runs[0][0])} test prompts and "
+                                 f"{len(runs[0])} vs {len(runs[1])} seed(s), p = {comparison.p_value:.3f}",
+                                 score_verdict(low, high, words), comparison.p_value))
     return checks
 
 
@@ -182,7 +131,8 @@ def check_ablations(results: list[dict]) -> list[ClaimCheck]:
     for (model, profile, dataset), runs in group_runs(results).items():
         for question, ours, other in ABLATIONS:
             if ours in runs and other in runs:
-                checks += score_checks(f"{model}, {profile}, {dataset}", question, runs[ours], runs[other], other, read)
+                checks += score_checks(f"{model}, {profile}, {dataset}", question, runs[ours], runs[other], other, read,
+                                       ABLATION_WORDS)
     return checks
 
 

@@ -35,6 +35,7 @@ class PairedComparison:
     mean_difference: float  # mean over examples of A minus B
     interval: tuple[float, float]  # (low, high) percentile-bootstrap interval of the mean difference
     a_better_fraction: float  # share of resamples in which A's mean is strictly above B's
+    p_value: float  # two-sided: twice the smaller share of resamples on either side of zero (at most 1)
 
 
 def score(predictions: list[str], references: list[str], lang: str = "zh") -> dict[str, float]:
@@ -77,18 +78,37 @@ def paired_bootstrap(per_example_a: dict[str, list[float]], per_example_b: dict[
     if metric not in per_example_a or metric not in per_example_b:
         raise ValueError(f"metric {metric!r} is missing from the per-example scores; "
                          f"choose one of {sorted(set(per_example_a) & set(per_example_b))}")
-    a, b = np.asarray(per_example_a[metric], dtype=float), np.asarray(per_example_b[metric], dtype=float)
-    if len(a) != len(b):
-        raise ValueError(f"A has {len(a)} examples but B has {len(b)}; a paired comparison needs "
+    return seed_and_prompt_bootstrap([per_example_a[metric]], [per_example_b[metric]], metric, n_resamples, seed,
+                                     confidence)
+
+
+def seed_and_prompt_bootstrap(runs_a: list[list[float]], runs_b: list[list[float]], metric: str = "avg",
+                              n_resamples: int = 1000, seed: int = 0, confidence: float = 0.95) -> PairedComparison:
+    """Does method A beat method B, over test prompts and training seeds? `runs_a` holds one list of per-prompt
+    scores per training run of A, `runs_b` of B, all on the same prompts in the same order.
+
+    A two-level bootstrap: each resample draws the test prompts (the same draw for both methods, so each prompt's
+    pair stays together) and, within each method, its training runs, independently of the other method's. Its
+    interval covers what another draw of test prompts and other training runs would change; with one run each it
+    is the paired bootstrap over prompts.
+    """
+    a, b = np.asarray(runs_a, dtype=float), np.asarray(runs_b, dtype=float)
+    if a.ndim != 2 or b.ndim != 2 or 0 in a.shape or 0 in b.shape:
+        raise ValueError("each method needs at least one run of per-prompt scores: a list of lists")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"A has {a.shape[1]} examples but B has {b.shape[1]}; a paired comparison needs "
                          f"both methods scored on the same test set")
-    if len(a) == 0:
-        raise ValueError("no examples to compare")
-    differences = a - b
-    resampled = differences[_resample_indices(len(differences), n_resamples, seed)].mean(axis=1)
+    prompts = _resample_indices(a.shape[1], n_resamples, seed)
+    runs = np.random.default_rng(seed + 1)
+    chosen = [np.stack([np.bincount(draw, minlength=len(x)) for draw in runs.integers(0, len(x), (n_resamples, len(x)))])
+              / len(x) for x in (a, b)]  # each resample's weight on each run: how often it was drawn, over the runs
+    per_prompt = chosen[0] @ a - chosen[1] @ b  # [resamples × prompts]: the drawn runs' mean difference per prompt
+    resampled = np.take_along_axis(per_prompt, prompts, axis=1).mean(axis=1)
     tail = _tail_percent(confidence)
     low, high = np.percentile(resampled, [tail, 100 - tail])
-    return PairedComparison(metric=metric, mean_difference=float(differences.mean()),
-                            interval=(float(low), float(high)), a_better_fraction=float((resampled > 0).mean()))
+    p_value = min(1.0, 2 * min(float((resampled <= 0).mean()), float((resampled >= 0).mean())))
+    return PairedComparison(metric=metric, mean_difference=float(a.mean() - b.mean()), interval=(float(low), float(high)),
+                            a_better_fraction=float((resampled > 0).mean()), p_value=p_value)
 
 
 @cache

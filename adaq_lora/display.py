@@ -21,11 +21,12 @@ def show_source(obj) -> "IPython.display.Markdown":
     return Markdown(f"`{module}.{obj.__qualname__}`\n\n```python\n{inspect.getsource(obj)}```")
 
 
-def show_markdown(text: str) -> "IPython.display.Markdown":
-    """Markdown built from measured values, rendered: the tables a chapter computes (prose goes in Markdown cells)."""
-    from IPython.display import Markdown
+def show_markdown(text: str) -> None:
+    """Markdown built from measured values, displayed: the tables a chapter computes (prose goes in Markdown cells).
+    It displays wherever it is called, not only as a cell's last expression, so no table is lost mid-cell."""
+    from IPython.display import Markdown, display
 
-    return Markdown(text)
+    display(Markdown(text))
 
 
 def glue_values(**values) -> None:

@@ -108,3 +108,14 @@ def test_the_budget_rule_takes_the_fewest_bits_within_the_loss_ratio_and_avg_mar
     assert "| a | 4 bits | 0 | 1.200 | 1.20 |" in budget_sweep_table(rows)
     fig = budget_curves(rows, datasets=("a", "b"))
     assert list(fig.axes[0].lines[0].get_xdata()) == [3.0, 4.0, 6.0]
+
+
+def test_a_computed_table_is_displayed_where_it_is_called_not_only_as_a_cell_s_last_expression(monkeypatch):
+    import IPython.display
+
+    from adaq_lora.display import show_markdown
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda obj: shown.append(obj))
+    assert show_markdown("| a |\n|---|\n| 1 |") is None  # nothing returned for a cell to show a second time
+    assert [item.data for item in shown] == ["| a |\n|---|\n| 1 |"]

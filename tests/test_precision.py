@@ -59,7 +59,7 @@ def test_bits_per_weight_of_each_precision(precision, bits):
 
 @pytest.mark.parametrize("precision", ["nf2", "nf3", "int8"])
 def test_blockwise_linear_forward_and_backward_equal_a_dense_matmul_with_the_decoded_weight(monkeypatch, precision):
-    monkeypatch.setattr("adaq_lora.quant.blockwise.CHUNK_ROWS", 32)  # several chunks
+    monkeypatch.setattr("adaq_lora.quant.blockwise.CHUNK_ELEMENTS", 32 * 64)  # chunks of 32 rows: several
     layer = BlockwiseLinear(BlockwiseMatrix(torch.randn(100, 64), precision))
     x = torch.randn(2, 5, 64, requires_grad=True)
     dense_x = x.detach().clone().requires_grad_(True)
@@ -171,3 +171,11 @@ def test_a_large_matrix_scored_on_a_sample_of_its_rows_is_within_one_percent_of_
     assert sampled[1] == whole[1]  # the bytes are the whole matrix's either way
     for precision, error in whole[0].items():
         assert sampled[0][precision] == pytest.approx(error, rel=0.01), precision
+
+
+def test_a_decoding_chunk_holds_a_bounded_number_of_weights_however_wide_the_matrix():
+    from adaq_lora.quant.blockwise import CHUNK_ELEMENTS, chunk_rows
+
+    assert chunk_rows(576) == 4096  # the default model's chunks: 4,096 rows of its 576-wide matrices
+    assert chunk_rows(13696) == 172 and 172 * 13696 <= CHUNK_ELEMENTS  # ChatGLM2-6B's down projection: 9 MB, not 214
+    assert chunk_rows(10 * CHUNK_ELEMENTS) == 1  # at least a row

@@ -175,7 +175,7 @@ def dynamic_bytes(shape: ModelShape, method: str, config: AdaQConfig, w: int, c:
     svd_products = sum(rank * i * 4 for i, _ in matrices) if svd else 0
     dequantized = max(i * o for i, o in decoder) * c if method_spec(method).quantized else 0
     if config.fused_loss and not method_spec(method).peer:  # a chunk's logits, and ∂C/∂h with its answer rows
-        rows = block_rows(tokens, vocab)
+        rows = block_rows(tokens, vocab, hidden)
         planned_head = method_spec(method).precision_plan and config.precision_budget_bits is not None
         decoded_rows = rows * hidden * (4 + c * (c != 4)) if planned_head else 0
         loss_tensors = tokens * rows * (4 + c) + decoded_rows + tokens * hidden * (4 + 2 * c)

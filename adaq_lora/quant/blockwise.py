@@ -13,8 +13,9 @@ each frozen matrix gets; this module holds the result:
 - `BlockwiseEmbedding` looks tokens up by decoding just their rows.
 - `BlockwiseLinear` computes x Wᵀ one block of output rows at a time, forward and backward, and keeps no
   decoded weight for the backward pass: it decodes the rows again. The decoded copy alive at any instant is
-  one chunk (`CHUNK_ROWS` rows), not the whole matrix, which for the output head (49,152 × 576 floats =
-  108 MB) is what keeps the saving at the peak of a step.
+  one chunk of rows holding about `CHUNK_ELEMENTS` weights, not the whole matrix, which for the output head
+  (49,152 × 576 floats = 108 MB) is what keeps the saving at the peak of a step. The chunk is counted in weights,
+  not rows: 4,096 rows of ChatGLM2-6B's 13,696-wide down projection would be 214 MB in float32.
 A tied embedding and head share one `BlockwiseMatrix`, so the matrix is stored once, as in the model.
 """
 from __future__ import annotations
@@ -30,7 +31,7 @@ from .normal_float import decode_codes, nf_levels, pack_codes
 PRECISION_BITS = {"nf2": 2, "nf3": 3, "nf4": 4, "int8": 8, "bf16": 16}  # each precision's bits per weight, codes only
 PRECISIONS = tuple(PRECISION_BITS)  # from the fewest bits to the most
 NORMAL_FLOAT_BELOW_4 = {"nf2": 2, "nf3": 3}  # the codes `normal_float` packs; NF4 is bitsandbytes'
-CHUNK_ROWS = 4096  # rows decoded at once by BlockwiseLinear: 4096 × 576 floats ≈ 9 MB on the default model
+CHUNK_ELEMENTS = 4096 * 576  # weights decoded at once (9 MB in float32): the default model's 4,096 rows of 576
 
 
 def stored_bytes(shape: tuple[int, int], precision: str) -> int:
@@ -135,6 +136,11 @@ class BlockwiseMatrix(nn.Module):
         return f"shape={self.shape}, precision={self.precision}, {self.nbytes / 2**20:.2f} MB"
 
 
+def chunk_rows(columns: int) -> int:
+    """Rows of a `columns`-wide matrix decoded at once: about `CHUNK_ELEMENTS` weights, at least one row."""
+    return max(1, CHUNK_ELEMENTS // columns)
+
+
 class _ChunkedMatmul(torch.autograd.Function):
     """y = x Wᵀ with W decoded chunk by chunk; backward decodes again instead of keeping W."""
 
@@ -143,8 +149,9 @@ class _ChunkedMatmul(torch.autograd.Function):
         ctx.matrix = matrix
         ctx.save_for_backward(x)
         out = x.new_empty(*x.shape[:-1], matrix.shape[0])  # filled in place: no second copy from a concatenation
-        for start in range(0, matrix.shape[0], CHUNK_ROWS):
-            out[..., start:start + CHUNK_ROWS] = x @ matrix.rows(slice(start, start + CHUNK_ROWS)).to(x.dtype).T
+        step = chunk_rows(matrix.shape[1])
+        for start in range(0, matrix.shape[0], step):
+            out[..., start:start + step] = x @ matrix.rows(slice(start, start + step)).to(x.dtype).T
         return out
 
     @staticmethod
@@ -152,9 +159,10 @@ class _ChunkedMatmul(torch.autograd.Function):
         matrix = ctx.matrix
         grad_input = None
         if ctx.needs_input_grad[0]:
-            grad_input = sum(grad_output[..., start:start + CHUNK_ROWS]
-                             @ matrix.rows(slice(start, start + CHUNK_ROWS)).to(grad_output.dtype)
-                             for start in range(0, matrix.shape[0], CHUNK_ROWS))
+            step = chunk_rows(matrix.shape[1])
+            grad_input = sum(grad_output[..., start:start + step]
+                             @ matrix.rows(slice(start, start + step)).to(grad_output.dtype)
+                             for start in range(0, matrix.shape[0], step))
         return grad_input, None
 
 

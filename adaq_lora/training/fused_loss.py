@@ -28,15 +28,15 @@ import torch
 from torch import nn
 
 from ..data import IGNORE_INDEX
-from ..quant.blockwise import CHUNK_ROWS, BlockwiseLinear
+from ..quant.blockwise import BlockwiseLinear, chunk_rows
 
 CHUNK_LOGITS = 2**20  # logits made at once, answer tokens × head rows ≤ this (4 MiB in float32), in blocks of at
-# most CHUNK_ROWS rows: ChatGLM2-6B at 512 answer tokens takes its 65,024 rows 2,048 at a time
+# most a decoding chunk's rows (`blockwise.chunk_rows`): ChatGLM2-6B's 65,024 rows go 576 at a time
 
 
-def block_rows(tokens: int, vocab: int) -> int:
-    """The head rows taken at once for `tokens` answer tokens (the memory model counts the same block)."""
-    return max(1, min(vocab, CHUNK_ROWS, CHUNK_LOGITS // tokens))
+def block_rows(tokens: int, vocab: int, hidden: int) -> int:
+    """The head rows taken at once for `tokens` answer tokens of width `hidden` (the memory model counts the same)."""
+    return max(1, min(vocab, chunk_rows(hidden), CHUNK_LOGITS // tokens))
 
 
 def head_rows(head: nn.Module, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -62,7 +62,7 @@ class _VocabularyTiledCrossEntropy(torch.autograd.Function):
         """`weight`, `bias`: the head's own parameters where they train (autograd hands them their gradients),
         else None."""
         count, vocab = targets.numel(), head.out_features
-        rows = block_rows(count, vocab)
+        rows = block_rows(count, vocab, hidden.shape[1])
         token = torch.arange(count, device=hidden.device)
         with torch.no_grad():
             lse = torch.full((count,), float("-inf"), device=hidden.device)

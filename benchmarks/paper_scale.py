@@ -42,6 +42,7 @@ from adaq_lora.measure.memory_model import predict_training_memory
 from adaq_lora.measure.model_shape import load_chatglm2_6b_config
 from adaq_lora.paper import PAPER_ROWS, published_memory_mb
 from adaq_lora.profiles import load_profile
+from adaq_lora.quant.precision import plan_precision
 from adaq_lora.training import make_optimizer, set_gradient_checkpointing, training_step
 from adaq_lora.tuners import prepare
 from adaq_lora.tuners.registry import method_spec
@@ -81,7 +82,11 @@ def measure(glm: dict, label: str, depth: int, timed: int) -> list[dict]:
     torch.manual_seed(0)
     model = GlmForCausalLM._from_config(glm_config(glm | {"num_layers": depth}), dtype=torch.bfloat16)
     began = time.perf_counter()
-    tuner = prepare(model, method, config)
+    plan = None
+    if method_spec(method).precision_plan:  # timed apart: what a ChatGLM2-6B run waits for before its first step
+        plan = plan_precision(model, config.precision_budget_bits, None, config.precision_floor)
+    plan_seconds = time.perf_counter() - began
+    tuner = prepare(model, method, config, precision_plan=plan)
     prepare_seconds = time.perf_counter() - began
     max_grad_norm = load_profile("paper").train.max_grad_norm
     trainable = [p for p in tuner.model.parameters() if p.requires_grad]
@@ -104,6 +109,7 @@ def measure(glm: dict, label: str, depth: int, timed: int) -> list[dict]:
         rows.append({"variant": label, "method": method, "depth": depth, "gradient_checkpointing": checkpointing,
                      "measured_mib": breakdown.total_mb, "breakdown": breakdown.as_dict(),
                      "step_seconds": statistics.median(seconds), "prepare_seconds": prepare_seconds,
+                     "plan_seconds": plan_seconds if plan is not None else None,
                      "predicted_mib": predicted_mib(glm, label, depth, checkpointing)})
     return rows
 
@@ -145,7 +151,8 @@ def full_depth_row(glm: dict, measured: list[dict]) -> dict:
             "breakdown": {name: at(None, layers, lambda row, n=name: row["breakdown"][n]) for name in high["breakdown"]},
             "predicted_mib": predicted_mib(glm, variant, layers, high["gradient_checkpointing"]),
             "step_seconds": at("step_seconds", layers), "paper_mb": paper,
-            "prepare_seconds": at("prepare_seconds", layers)}
+            "prepare_seconds": at("prepare_seconds", layers),
+            "plan_seconds": at("plan_seconds", layers) if high.get("plan_seconds") is not None else None}
 
 
 def markdown(rows: list[dict]) -> str:

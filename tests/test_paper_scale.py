@@ -35,6 +35,7 @@ def test_every_method_is_measured_at_three_depths_and_extrapolated_along_a_line_
         assert row["predicted_mib"] == pytest.approx(row["measured_mib"], rel=0.15)
         assert row["step_seconds"] > 0 and row["paper_mb"]["table_1"] > 0
     assert rows["qlora", True]["measured_mib"] < rows["qlora", False]["measured_mib"]  # checkpointing saves
+    assert rows["adaq_lora", True]["plan_seconds"] > 0 and rows["qlora", True]["plan_seconds"] is None
     before = out.read_text(encoding="utf-8")
     assert benchmark.main(args) == 0  # resumed: every (variant, depth) is there, nothing is measured again
     assert json.loads(out.read_text(encoding="utf-8"))["measurements"] == json.loads(before)["measurements"]

@@ -179,3 +179,12 @@ def test_a_decoding_chunk_holds_a_bounded_number_of_weights_however_wide_the_mat
     assert chunk_rows(576) == 4096  # the default model's chunks: 4,096 rows of its 576-wide matrices
     assert chunk_rows(13696) == 172 and 172 * 13696 <= CHUNK_ELEMENTS  # ChatGLM2-6B's down projection: 9 MB, not 214
     assert chunk_rows(10 * CHUNK_ELEMENTS) == 1  # at least a row
+
+
+@pytest.mark.parametrize("precision", ["nf2", "nf3", "nf4"])
+def test_a_row_s_scales_decode_alone_bit_for_bit_as_bitsandbytes_decodes_all_of_them(precision):
+    matrix = BlockwiseMatrix(torch.randn(300, 192) * torch.rand(300, 1), precision)  # 900 scales: 4 groups of 256
+    state = bnbf.QuantState(absmax=matrix.absmax_scales, code=matrix.absmax_table, blocksize=256, dtype=torch.float32)
+    every = (bnbf.dequantize_blockwise(matrix.absmax_codes, state) + matrix.absmax_offset).view(300, 3)
+    for index in (slice(None), slice(85, 171), torch.tensor([299, 0, 86, 86])):
+        assert torch.equal(matrix._row_scales(index), every[index])

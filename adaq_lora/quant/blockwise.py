@@ -99,16 +99,17 @@ class BlockwiseMatrix(nn.Module):
         return sum(buffer.numel() * buffer.element_size() for name, buffer in self.named_buffers()
                    if not name.endswith("table"))
 
-    def _row_scales(self) -> torch.Tensor:
-        """The block absmax values, one row of them per matrix row (NF4 keeps them 8-bit: decode them first)."""
-        if self.precision != "int8":  # NF4 and the normal-float codes below it keep 8-bit scales
-            functional = import_bitsandbytes().functional
-            state = functional.QuantState(absmax=self.absmax_scales, code=self.absmax_table, blocksize=SCALE_BLOCKSIZE,
-                                          dtype=torch.float32)
-            absmax = functional.dequantize_blockwise(self.absmax_codes, state) + self.absmax_offset
-        else:
-            absmax = self.absmax
-        return absmax.view(self.shape[0], -1)
+    def _row_scales(self, index: torch.Tensor | slice) -> torch.Tensor:
+        """The block absmax values of rows `index`, one row of them per matrix row. Only those rows' scales are
+        read: NF4's and the normal-float codes' 8-bit scale codes decode as bitsandbytes' `dequantize_blockwise`
+        does, table[code] × the scale of their group of 256, plus the offset."""
+        per_row = self.shape[1] // BLOCKSIZE
+        if self.precision == "int8":
+            return self.absmax.view(self.shape[0], per_row)[index]
+        rows = torch.arange(self.shape[0], device=self.codes.device)[index]
+        blocks = rows.unsqueeze(-1) * per_row + torch.arange(per_row, device=rows.device)
+        scales = self.absmax_table[self.absmax_codes[blocks].long()] * self.absmax_scales[blocks // SCALE_BLOCKSIZE]
+        return scales + self.absmax_offset
 
     def rows(self, index: torch.Tensor | slice | None = None) -> torch.Tensor:
         """Rows `index` (a slice or a tensor of row numbers; None: all) as a float tensor of the original dtype."""
@@ -119,9 +120,9 @@ class BlockwiseMatrix(nn.Module):
         functional = import_bitsandbytes().functional
         if self.precision in NORMAL_FLOAT_BELOW_4:
             levels = decode_codes(codes, NORMAL_FLOAT_BELOW_4[self.precision], self.table)
-            blocks = levels.view(codes.shape[0], -1, BLOCKSIZE) * self._row_scales()[index].unsqueeze(-1)
+            blocks = levels.view(codes.shape[0], -1, BLOCKSIZE) * self._row_scales(index).unsqueeze(-1)
             return blocks.view(codes.shape[0], self.shape[1]).to(self.dtype)
-        scales = self._row_scales()[index].reshape(-1)
+        scales = self._row_scales(index).reshape(-1)
         n_rows = codes.shape[0]
         if self.precision == "nf4":
             state = functional.QuantState(absmax=scales, shape=torch.Size((n_rows, self.shape[1])), code=self.table,

@@ -51,6 +51,7 @@ GLM2 = load_chatglm2_6b_config()
 SMOKE = dict(hidden_size=128, ffn_hidden_size=256, num_attention_heads=4, kv_channels=32, multi_query_group_num=2,
              padded_vocab_size=512)  # --smoke: the same code at toy width, for the tests
 SEQ_LEN = 512  # tokens per step: the paper profile's examples (the paper gives none)
+LINEAR_TOLERANCE = 0.05  # a row whose shallowest depth is further off its line is marked approximate
 VARIANTS = {  # label → (method, overrides of the paper profile's adapter settings)
     "base": ("base", {}),
     "lora": ("lora", {}),
@@ -142,11 +143,15 @@ def full_depth_row(glm: dict, measured: list[dict]) -> dict:
                  "line_mib": at("measured_mib", first["depth"]),
                  "relative_error": at("measured_mib", first["depth"]) / first["measured_mib"] - 1}
     method, variant = high["method"], high["variant"]
+    how = f"extrapolated to {layers} layers from depths {low['depth']} and {high['depth']}"
+    if check is not None and abs(check["relative_error"]) > LINEAR_TOLERANCE:
+        how += (f"; not linear: depth {check['depth']} is {check['relative_error']:+.0%} off the line (a precision plan's "
+                "mix of precisions changes with depth), so this row is approximate")
     paper = ({"table_1": published_memory_mb(1, method), "table_2": published_memory_mb(2, method)}
              if method in PAPER_ROWS[1] and variant == method else None)
     return {"variant": variant, "method": method, "gradient_checkpointing": high["gradient_checkpointing"],
             "measured_mib": at("measured_mib", layers),
-            "how": f"extrapolated to {layers} layers from depths {low['depth']} and {high['depth']}",
+            "how": how,
             "linear_check": check,
             "breakdown": {name: at(None, layers, lambda row, n=name: row["breakdown"][n]) for name in high["breakdown"]},
             "predicted_mib": predicted_mib(glm, variant, layers, high["gradient_checkpointing"]),

@@ -1,6 +1,6 @@
 # Two commands on a fresh machine with Python 3.11 and pip:
 #   make book   install into $(VENV), execute every chapter with papermill (profile $(PROFILE)), build the HTML,
-#               check it (scripts/check_site.py: no raw Markdown tables, remote scripts or tracebacks)
+#               check it (scripts/check_site.py: no raw Markdown tables, remote scripts, tracebacks or noise)
 #   make test   install into $(VENV), run the tests
 #
 # The book's source notebooks in book/ carry no outputs. scripts/execute_book.py executes them into

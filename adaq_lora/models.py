@@ -13,6 +13,8 @@ attention projections of Eqs. 2-3 and the two or three matrices of the FFN of Eq
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import json
 from importlib import metadata
 from pathlib import Path
@@ -124,7 +126,8 @@ def load_model(name: str | None = None, *, dtype: torch.dtype = torch.float32, d
             tokenizer = ChatGLM2Tokenizer.from_pretrained(source)
         else:
             tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        with quiet_loading():
+            model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except OSError as error:
         raise OSError(
             f"could not load model {source!r}: {error}\nIf it is a hub id, this machine needs the network (or the "
@@ -135,6 +138,21 @@ def load_model(name: str | None = None, *, dtype: torch.dtype = torch.float32, d
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
     return model, tokenizer
+
+
+@contextmanager
+def quiet_loading():
+    """transformers' "Loading weights" progress bar off while a model loads: a bar per load, seconds long, is
+    noise in a chapter that loads the model a dozen times. The setting is put back afterwards."""
+    from transformers.utils import logging as transformers_logging
+
+    was_enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            transformers_logging.enable_progress_bar()
 
 
 def model_family(model: nn.Module) -> str:

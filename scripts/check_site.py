@@ -15,7 +15,10 @@ Every ``.html`` page under the folder is checked for:
   when a reader presses a "live code" button, which this book does not show (``launch_buttons: thebe``
   is off);
 - a Python traceback in the page: the text ``Traceback (most recent call last)`` or myst-nb's traceback
-  output, left by a cell that raised.
+  output, left by a cell that raised;
+- noise a reader should not meet: the replacement character U+FFFD (a character cut in two), a warning
+  (``SomethingWarning``) or a "Loading weights" progress bar in a cell's output, and a cell that calls
+  ``show_markdown`` but shows nothing (a computed table that was built and never displayed).
 
 It prints one line per finding, naming the page and the offending snippet, and exits with status 1 if there
 is any (status 2 when the folder holds no pages), 0 otherwise.
@@ -35,6 +38,9 @@ MATH_CDN = re.compile(r"(?:https?:)?//[^\s\"'<>]*(?:mathjax|katex)[^\s\"'<>]*", 
 TRACEBACK_TEXT = "Traceback (most recent call last)"
 TRACEBACK_CLASSES = ("traceback", "highlight-ipythontb")  # myst-nb's classes for an error output
 UNRENDERED_ELEMENTS = ("pre", "code", "script", "style")
+REPLACEMENT = "\ufffd"
+WARNING = re.compile(r"\b[A-Z]\w*Warning\b")  # UserWarning, FutureWarning, DeprecationWarning…
+LOADING_BAR = "Loading weights"
 LINK_RELS_THAT_LOAD = {"stylesheet", "preload", "modulepreload"}
 # Elements that start a new line in the rendered page, so that their texts do not run into each other.
 BLOCK_ELEMENTS = ("p", "div", "li", "td", "th", "tr", "dt", "dd", "blockquote", "section", "br",
@@ -106,10 +112,30 @@ def tracebacks(soup: BeautifulSoup) -> list[str]:
     return findings
 
 
+def noise(soup: BeautifulSoup) -> list[str]:
+    """Replacement characters anywhere, warnings and loading bars in outputs, show_markdown cells without output."""
+    findings = []
+    text = soup.get_text()
+    if REPLACEMENT in text:
+        at = text.index(REPLACEMENT)
+        findings.append(f"{text.count(REPLACEMENT)} replacement character(s) U+FFFD, the first in "
+                        f"{shorten(text[max(0, at - 40):at + 20])!r}")
+    for output in soup.find_all(class_="cell_output"):
+        said = output.get_text()
+        findings += [f"a warning in a cell's output: {shorten(said[match.start():])!r}" for match in WARNING.finditer(said)][:1]
+        if LOADING_BAR in said:
+            findings.append(f"a progress bar in a cell's output: {shorten(said[said.index(LOADING_BAR):])!r}")
+    for cell in soup.find_all(class_="cell"):
+        source = cell.find(class_="cell_input")
+        if source is not None and "show_markdown(" in source.get_text() and cell.find(class_="cell_output") is None:
+            findings.append(f"a show_markdown cell shows nothing: {shorten(source.get_text())!r}")
+    return findings
+
+
 def check_page(html: str) -> list[str]:
     """Every defect found in one page, each as a line that quotes the offending snippet."""
     soup = BeautifulSoup(html, "html.parser")
-    return remote_assets(soup) + tracebacks(soup) + raw_tables(soup)  # raw_tables last: it takes the tree apart
+    return remote_assets(soup) + tracebacks(soup) + noise(soup) + raw_tables(soup)  # raw_tables takes the tree apart
 
 
 def check_site(folder: Path, pages: list[Path]) -> list[str]:
@@ -135,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     if report:
         print(f"check_site: {len(report)} problem(s) in {len(pages)} page(s) of {folder}", file=sys.stderr)
         return 1
-    print(f"check_site: {len(pages)} page(s) in {folder}: no raw Markdown tables, remote scripts or stylesheets, or tracebacks")
+    print(f"check_site: {len(pages)} page(s) in {folder}: no raw Markdown tables, remote scripts or stylesheets, tracebacks or noise")
     return 0
 
 

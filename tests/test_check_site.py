@@ -1,5 +1,5 @@
 """scripts/check_site.py fails, naming the page and the snippet, on raw Markdown tables, remote scripts or
-stylesheets, and tracebacks; a clean page passes."""
+stylesheets, tracebacks and noise (U+FFFD, warnings, loading bars, a computed table not shown); a clean page passes."""
 
 from __future__ import annotations
 
@@ -41,6 +41,13 @@ ERROR_OUTPUT = (
     "Cell In[3], line 11</pre></div>"
 )
 
+WARNING_OUTPUT = ('<div class="cell_output docutils container"><div class="output stderr"><pre>/x.py:3: '
+                  "FutureWarning: `torch_dtype` is deprecated</pre></div></div>")
+LOADING_OUTPUT = ('<div class="cell_output docutils container"><div class="output stderr"><pre>'
+                  "Loading weights: 100%| 272/272</pre></div></div>")
+SILENT_CELL = ('<div class="cell docutils container"><div class="cell_input docutils container"><pre>lines = []\n'
+               'show_markdown("\\n".join(lines))\nglue_values(x=1)</pre></div></div>')
+
 
 @pytest.fixture(scope="module")
 def check_site():
@@ -65,7 +72,7 @@ def test_a_clean_site_passes(check_site, tmp_path: Path, capsys):
     status, out, err = run(check_site, write_site(tmp_path), capsys)
     assert (status, err) == (0, "")
     assert out == [
-        f"check_site: 2 page(s) in {tmp_path}: no raw Markdown tables, remote scripts or stylesheets, or tracebacks"
+        f"check_site: 2 page(s) in {tmp_path}: no raw Markdown tables, remote scripts or stylesheets, tracebacks or noise"
     ]
 
 
@@ -95,8 +102,13 @@ def test_a_clean_site_passes(check_site, tmp_path: Path, capsys):
             STREAM_TRACEBACK,
             "traceback text: 'Traceback (most recent call last): File \"run.py\", line 3, in <module> ValueError: no data'",
         ),
+        ("", "<p>答：全程一共有14\ufffd</p>", "1 replacement character(s) U+FFFD, the first in 'ibration: 100%|##########| 8/8 答：全程一共有14\ufffd'"),
+        ("", WARNING_OUTPUT, "a warning in a cell's output: 'FutureWarning: `torch_dtype` is deprecated'"),
+        ("", LOADING_OUTPUT, "a progress bar in a cell's output: 'Loading weights: 100%| 272/272'"),
+        ("", SILENT_CELL, "a show_markdown cell shows nothing: 'lines = [] show_markdown(\"\\\\n\".join(lines)) glue_values(x=1)'"),
     ],
-    ids=["raw-table", "delimiter-row", "remote-mathjax", "inline-math-cdn", "remote-stylesheet", "error-output", "stream-traceback"],
+    ids=["raw-table", "delimiter-row", "remote-mathjax", "inline-math-cdn", "remote-stylesheet", "error-output", "stream-traceback",
+         "replacement-character", "warning", "loading-bar", "silent-show-markdown"],
 )
 def test_each_defect_fails_naming_the_page_and_the_snippet(check_site, tmp_path: Path, capsys, head, body, finding):
     status, out, err = run(check_site, write_site(tmp_path, head, body), capsys)

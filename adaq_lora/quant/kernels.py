@@ -12,7 +12,7 @@ two of them compute something other than the weight the codes stand for:
 
 `import_bitsandbytes()` is how the package reaches bitsandbytes. Its first call probes both kernels on small
 matrices against `adaq_lora.quant.nf4` (milliseconds) and routes every faulty case through a correct path, saying so
-once in the log: a faulty width class of `dequantize_4bit` is decoded as rows of one block each, a shape the
+once in the log (at INFO; `kernel_report()` returns it): a faulty width class of `dequantize_4bit` is decoded as rows of one block each, a shape the
 native kernel gets right, or by the reference where that does not divide; a faulty repacking is switched off, so
 every `Linear4bit` built afterwards computes as in training. The routes sit in the dispatcher (the
 `bitsandbytes::dequantize_4bit` operator) and in bitsandbytes' own repacking switch, so they reach every caller
@@ -207,8 +207,8 @@ def import_bitsandbytes():
     if _routes is None:
         report = probe_kernels(bnb)
         routes = KernelRoutes(report)
-        if report.routed:
-            logger.warning(report.describe())
+        if report.routed:  # the routes are correct: information, not a warning (`kernel_report()` says it on demand)
+            logger.info(report.describe())
             if probe_kernels(bnb).routed:
                 routes.remove()
                 raise RuntimeError(f"{report.describe()}; yet the routed kernels are still wrong, so the 4-bit base "

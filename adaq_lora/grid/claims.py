@@ -69,6 +69,11 @@ class ClaimCheck:
     evidence: str  # what our runs show: the two values and the difference's interval, or the memory ratio
     verdict: str  # CLAIM_WORDS for the paper's claims, ABLATION_WORDS for ours, or NOT_MEASURABLE
     p_value: float | None = None  # the score comparison's two-sided bootstrap p-value; None for memory
+    other: str = ""  # the method compared with
+    metric: str = ""  # "avg", "accuracy" or "memory"
+    difference: float | None = None  # ours − theirs in the metric (scores); None for memory and NOT_MEASURABLE
+    interval: tuple[float, float] | None = None  # the difference's 95% interval (scores)
+    ratio: float | None = None  # our peak over theirs (memory)
 
 
 def score_verdict(low: float, high: float, words: tuple[str, str, str] = CLAIM_WORDS) -> str:
@@ -96,14 +101,16 @@ def score_checks(group: str, claim: str, ours: list[dict], theirs: list[dict], o
         means = [sum(map(sum, side)) / sum(map(len, side)) for side in runs]
         if metric == "accuracy" and means == [0.0, 0.0]:
             checks.append(ClaimCheck(group, claim, f"accuracy 0 vs 0 ({other}): neither answers a prompt right in "
-                                     f"any of {len(runs[0])} and {len(runs[1])} run(s)", NOT_MEASURABLE))
+                                     f"any of {len(runs[0])} and {len(runs[1])} run(s)", NOT_MEASURABLE,
+                                     other=other, metric=metric))
             continue
         comparison = seed_and_prompt_bootstrap(*runs, metric=metric)
         low, high = comparison.interval
         checks.append(ClaimCheck(group, claim, f"{label} {means[0]:.4f} vs {means[1]:.4f} ({other}), difference 95% "
                                  f"CI [{low:+.4f}, {high:+.4f}] over {len(runs[0][0])} test prompts and "
                                  f"{len(runs[0])} vs {len(runs[1])} seed(s), p = {comparison.p_value:.3f}",
-                                 score_verdict(low, high, words), comparison.p_value))
+                                 score_verdict(low, high, words), comparison.p_value, other, metric,
+                                 means[0] - means[1], (low, high)))
     return checks
 
 
@@ -157,7 +164,8 @@ def memory_check(group: str, claim: str, ours: list[dict], theirs: list[dict], s
     ratio, allowed = ours_mb / theirs_mb, 1 - least_saving(saving)
     return ClaimCheck(group, claim, f"{ours_mb:.0f} MB vs {theirs_mb:.0f} MB: {ratio:.2f}× (claimed {saving}% less, "
                       f"read as ≤ {allowed:.3f}×; the paper's own tables: {paper_ratio:.2f}×)",
-                      REPRODUCED if ratio <= allowed else CONTRADICTED)
+                      REPRODUCED if ratio <= allowed else CONTRADICTED, other=theirs[0]["method"], metric="memory",
+                      ratio=ratio)
 
 
 def paper_scale_checks(rows: list[dict], adaq_variant: str = "adaq_lora", checkpointing: bool = True) -> list[ClaimCheck]:

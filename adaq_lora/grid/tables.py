@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import fmean, stdev
 
 from ..atomic import staged
 from ..data import PAPER_DATASETS, PaperDataset
@@ -91,31 +92,62 @@ def paper_row(table: int, method: str) -> dict:
 
 def result_row(result: dict, show_seed: bool = False) -> dict:
     model = Path(result["model"]).name
-    source = f"ours ({result['profile']}, {result['n_test']} test examples" + (f", seed {result['seed']})" if show_seed else ")")
+    setting = f"{result['profile']}, {result['n_test']} test examples"
+    source = f"ours ({setting}" + (f", seed {result['seed']})" if show_seed else ")")
     if result["method"] in RENAMED_ROWS:
         label = RENAMED_ROWS[result["method"]][1]
     else:
         label = method_spec(result["method"]).label if result["method"] in method_names() else f"+{result['method']}"
-    return {"method": model + label, "source": source,
+    return {"method": model + label, "source": source, "setting": setting, "seed": result["seed"],
             **{name: result.get(name) for name in SCORED},  # runs recorded before accuracy have none
             "intervals": {name: tuple(result["intervals"][name]) for name in SCORED if name in result["intervals"]},
             "memory_mb": result["memory_mb"]}
 
 
-def markdown(tables: list[dict]) -> str:
-    """The tables in the paper's layout (Method, the five scores, Memory/MB) plus a Source column."""
-    header = ("Method", "Source", *COLUMNS, ACCURACY_COLUMN, MEMORY_COLUMN)
+def markdown(tables: list[dict], fold_seeds: bool = False) -> str:
+    """Each table in two parts that fit a page: Method, Source, Avg, Accuracy and Memory/MB (what the paper's claims
+    are about), then the four scores Avg averages. A method run with several seeds is one row there, its mean ± the
+    seeds' standard deviation; its per-seed rows, with their 95% intervals, follow in a third table, folded away
+    (a MyST dropdown) where `fold_seeds`."""
     blocks = []
     for table in tables:
-        lines = [f"**{table['caption']}**", "", _markdown_line(header), _markdown_line(["---"] * len(header))]
-        for row in table["rows"]:
-            cells = [_score_cell(row, name) for name in SCORED]
-            lines.append(_markdown_line([row["method"], row["source"], *cells, _memory_cell(row["memory_mb"])]))
-        blocks.append("\n".join(lines))
-    note = ("Ours: the mean over the test examples [95% bootstrap interval]. Accuracy: the share of right answers "
-            "(final numbers for School_math, exact answers for Alpaca_Chinese), ours only. Memory: the peak of one "
-            "training step in MB (2^20 bytes); for the base model, of a forward pass.")
+        rows = seed_means(table["rows"])
+        blocks.append(_table(f"**{table['caption']}**", ("Method", "Source", "Avg", ACCURACY_COLUMN, MEMORY_COLUMN),
+                             [[row["method"], row["source"], _score_cell(row, "avg"), _score_cell(row, "accuracy"),
+                               _memory_cell(row["memory_mb"])] for row in rows]))
+        blocks.append(_table(f"*Table {table['number']}, the scores Avg averages*", ("Method", "Source", *COLUMNS[:-1]),
+                             [[row["method"], row["source"], *(_score_cell(row, name) for name in METRIC_NAMES[:-1])]
+                              for row in rows]))
+        if len(rows) < len(table["rows"]):
+            per_seed = _table(f"*Table {table['number']}, run by run*", ("Method", "Source", "Avg", ACCURACY_COLUMN,
+                                                                          MEMORY_COLUMN),
+                              [[row["method"], row["source"], _score_cell(row, "avg"), _score_cell(row, "accuracy"),
+                                _memory_cell(row["memory_mb"])] for row in table["rows"] if "seed" in row])
+            blocks.append(f":::{{dropdown}} Table {table['number']} run by run, with 95% intervals\n{per_seed}\n:::"
+                          if fold_seeds else per_seed)
+    note = ("Ours: the mean over the test examples [95% bootstrap interval]; over several seeds, the mean of the runs ± "
+            "their standard deviation. Accuracy: the share of right answers (final numbers for School_math, exact "
+            "answers for Alpaca_Chinese), ours only. Memory: the peak of one training step in MB (2^20 bytes); for the "
+            "base model, of a forward pass.")
     return "\n\n".join(blocks + [note]) + "\n"
+
+
+def seed_means(rows: list[dict]) -> list[dict]:
+    """The rows with each method's several seeds (same model, method, profile and test set) made one row: the mean of
+    every score ± the seeds' standard deviation (`spread`), the mean memory, no interval."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["method"], row.get("setting", id(row))), []).append(row)
+    merged = []
+    for (method, setting), runs in groups.items():
+        if len(runs) == 1:
+            merged.append(runs[0])
+            continue
+        mean = {name: None if any(r[name] is None for r in runs) else fmean(r[name] for r in runs) for name in SCORED}
+        merged.append({"method": method, "source": f"ours ({setting}, {len(runs)} seeds)", **mean, "intervals": None,
+                       "spread": {name: stdev(r[name] for r in runs) for name in SCORED if mean[name] is not None},
+                       "memory_mb": None if any(r["memory_mb"] is None for r in runs) else fmean(r["memory_mb"] for r in runs)})
+    return merged
 
 
 def write_csv(tables: list[dict], path: str | Path) -> Path:
@@ -155,6 +187,8 @@ def _row_order(result: dict) -> tuple:
 def _score_cell(row: dict, name: str) -> str:
     if row[name] is None:
         return "—"
+    if name in row.get("spread", {}):
+        return f"{row[name]:.4f} ± {row['spread'][name]:.4f}"
     if not row["intervals"] or name not in row["intervals"]:
         return f"{row[name]:.4f}"
     low, high = row["intervals"][name]
@@ -163,6 +197,11 @@ def _score_cell(row: dict, name: str) -> str:
 
 def _memory_cell(memory_mb) -> str:
     return "n/a" if memory_mb is None else f"{memory_mb:.0f}"
+
+
+def _table(caption: str, header, lines) -> str:
+    return "\n".join([caption, "", _markdown_line(header), _markdown_line(["---"] * len(header)),
+                      *map(_markdown_line, lines)])
 
 
 def _markdown_line(cells) -> str:

@@ -172,7 +172,7 @@ def plan_precision(model: nn.Module, budget_bits: float, calibration: list[dict]
     matrices = frozen_matrices(model)
     fisher = fisher_diagonal(model, list(matrices), calibration) if calibration else {}
     scores, shapes = {}, {}
-    for name in tqdm(matrices, desc="scoring precisions", leave=False):
+    for name in tqdm(matrices, desc="scoring precisions"):  # kept when done: a cleared bar can leave its first frame on the page
         weight = model.get_submodule(name).weight.detach()  # detached: no autograd graph while scoring
         scores[name], shapes[name] = score_matrix(weight, fisher.pop(name, None), floor), tuple(weight.shape)
     return choose_precisions(scores, shapes, budget_bits, {name: shared for name, shared in matrices.items() if shared},

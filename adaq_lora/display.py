@@ -87,7 +87,7 @@ def precision_plan_maps(plan) -> "matplotlib.figure.Figure":
         cell = kinds.index(name.rsplit(".", 1)[-1]), layers.index(int(name.split(".layers.")[1].split(".")[0]))
         bits[cell] = PRECISION_BITS[precision]
         importance[cell] = np.log10(plan.importance[name] + 1e-30)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 3.6))
+    fig, axes = plt.subplots(2, 1, figsize=(9, 6.5))  # stacked: side by side, a page shrinks them past reading
     for ax, values, style, label, title in (
             (axes[0], importance, dict(cmap="viridis"), "log10 ΔL at the fewest bits", "importance of each frozen decoder matrix"),
             (axes[1], bits, dict(cmap="coolwarm", vmin=2, vmax=16), "bits per weight",

@@ -309,7 +309,7 @@ def assemble_site(root: Path, build_dir: Path, pages: list[Path], profile: str) 
             continue
         if any(folder.is_relative_to(done) for done in copied):
             continue
-        shutil.copytree(root / folder, site / folder, ignore=ignore)
+        shutil.copytree(root / folder, site / folder, ignore=ignore, dirs_exist_ok=True)  # a bib file may be there
         copied.append(folder)
 
     for page in pages:

@@ -1,6 +1,7 @@
 # Two commands on a fresh machine with Python 3.11 and pip:
 #   make book   install into $(VENV), execute every chapter with papermill (profile $(PROFILE)), build the HTML,
-#               check it (scripts/check_site.py: no raw Markdown tables, remote scripts, tracebacks or noise)
+#               check it (scripts/check_site.py: no raw Markdown tables, remote scripts, tracebacks, noise or
+#               unresolved citations, and a References page with links)
 #   make test   install into $(VENV), run the tests
 #
 # The book's source notebooks in book/ carry no outputs. scripts/execute_book.py executes them into

@@ -18,7 +18,12 @@ Every ``.html`` page under the folder is checked for:
   output, left by a cell that raised;
 - noise a reader should not meet: the replacement character U+FFFD (a character cut in two), a warning
   (``SomethingWarning``) or a "Loading weights" progress bar in a cell's output, and a cell that calls
-  ``show_markdown`` but shows nothing (a computed table that was built and never displayed).
+  ``show_markdown`` but shows nothing (a computed table that was built and never displayed);
+- an unresolved citation: ``{cite}`key``` whose key ``book/references.bib`` lacks, which sphinxcontrib-bibtex
+  renders as an empty ``[]`` and lets through with a warning.
+
+The site as a whole must also have its References page (``book/bibliography.html``, from ``book/bibliography.md``)
+with a link to the work in every entry, and among them the works the book rests on (``REQUIRED_REFERENCES``).
 
 It prints one line per finding, naming the page and the offending snippet, and exits with status 1 if there
 is any (status 2 when the folder holds no pages), 0 otherwise.
@@ -41,6 +46,17 @@ UNRENDERED_ELEMENTS = ("pre", "code", "script", "style")
 REPLACEMENT = "\ufffd"
 WARNING = re.compile(r"\b[A-Z]\w*Warning\b")  # UserWarning, FutureWarning, DeprecationWarning…
 LOADING_BAR = "Loading weights"
+CITATION_CLASS = "bibtex-citation"  # sphinxcontrib-bibtex's span around an in-text citation
+REFERENCES_PAGE = "book/bibliography.html"
+# The works the References page must list, each by the link its entry must carry.
+REQUIRED_REFERENCES = {
+    "the ADAQ-LoRA paper": "http://ijlaitse.com/index.php/site/article/view/58",
+    "LoRA": "https://arxiv.org/abs/2106.09685",
+    "QLoRA": "https://arxiv.org/abs/2305.14314",
+    "AdaLoRA": "https://arxiv.org/abs/2303.10512",
+    "LoftQ": "https://arxiv.org/abs/2310.08659",
+    "PEFT": "https://github.com/huggingface/peft",
+}
 LINK_RELS_THAT_LOAD = {"stylesheet", "preload", "modulepreload"}
 # Elements that start a new line in the rendered page, so that their texts do not run into each other.
 BLOCK_ELEMENTS = ("p", "div", "li", "td", "th", "tr", "dt", "dd", "blockquote", "section", "br",
@@ -132,10 +148,36 @@ def noise(soup: BeautifulSoup) -> list[str]:
     return findings
 
 
+def unresolved_citations(soup: BeautifulSoup) -> list[str]:
+    """Citations without a link to their entry: the key was not found in the .bib file."""
+    return [f"an unresolved citation: {shorten(tag.parent.get_text())!r}"
+            for tag in soup.find_all(class_=CITATION_CLASS) if tag.find("a") is None]
+
+
 def check_page(html: str) -> list[str]:
     """Every defect found in one page, each as a line that quotes the offending snippet."""
     soup = BeautifulSoup(html, "html.parser")
-    return remote_assets(soup) + tracebacks(soup) + noise(soup) + raw_tables(soup)  # raw_tables takes the tree apart
+    findings = remote_assets(soup) + tracebacks(soup) + noise(soup) + unresolved_citations(soup)
+    return findings + raw_tables(soup)  # raw_tables takes the tree apart
+
+
+def references_page(folder: Path) -> list[str]:
+    """The References page: there, titled so, every entry with a link to its work, the required works among them."""
+    page = folder / REFERENCES_PAGE
+    if not page.is_file():
+        return [f"{REFERENCES_PAGE}: missing (book/bibliography.md, listed in _toc.yml, renders the References page)"]
+    soup = BeautifulSoup(page.read_text(encoding="utf-8"), "html.parser")
+    title = soup.find("h1")
+    findings = [] if title is not None and title.get_text().startswith("References") else ["no title 'References'"]
+    entries = soup.find_all(class_="citation")
+    links = set()
+    for entry in entries:
+        hrefs = [a.get("href", "") for a in entry.find_all("a") if REMOTE.match(a.get("href", ""))]
+        links.update(hrefs)
+        if not hrefs:
+            findings.append(f"an entry without a link to the work: {shorten(entry.get_text())!r}")
+    findings += [f"{work} is not listed with its link {url}" for work, url in REQUIRED_REFERENCES.items() if url not in links]
+    return [f"{REFERENCES_PAGE}: {finding}" for finding in findings]
 
 
 def check_site(folder: Path, pages: list[Path]) -> list[str]:
@@ -155,13 +197,13 @@ def main(argv: list[str] | None = None) -> int:
     if not pages:
         print(f"error: {folder} holds no .html pages; build the book first (make book) or name the HTML folder", file=sys.stderr)
         return 2
-    report = check_site(folder, pages)
+    report = check_site(folder, pages) + references_page(folder)
     for line in report:
         print(line)
     if report:
         print(f"check_site: {len(report)} problem(s) in {len(pages)} page(s) of {folder}", file=sys.stderr)
         return 1
-    print(f"check_site: {len(pages)} page(s) in {folder}: no raw Markdown tables, remote scripts or stylesheets, tracebacks or noise")
+    print(f"check_site: {len(pages)} page(s) in {folder}: no raw Markdown tables, remote scripts or stylesheets, tracebacks or noise, and a References page with links")
     return 0
 
 

@@ -1,5 +1,6 @@
 """scripts/check_site.py fails, naming the page and the snippet, on raw Markdown tables, remote scripts or
-stylesheets, tracebacks and noise (U+FFFD, warnings, loading bars, a computed table not shown); a clean page passes."""
+stylesheets, tracebacks, noise (U+FFFD, warnings, loading bars, a computed table not shown) and unresolved citations,
+and on a References page that is missing, has an entry without a link or lacks a required work; a clean site passes."""
 
 from __future__ import annotations
 
@@ -45,8 +46,19 @@ WARNING_OUTPUT = ('<div class="cell_output docutils container"><div class="outpu
                   "FutureWarning: `torch_dtype` is deprecated</pre></div></div>")
 LOADING_OUTPUT = ('<div class="cell_output docutils container"><div class="output stderr"><pre>'
                   "Loading weights: 100%| 272/272</pre></div></div>")
+UNRESOLVED_CITATION = ('<p>NF4, as in QLoRA <span class="bibtex-citation" id="id2">[]</span>.</p>')
 SILENT_CELL = ('<div class="cell docutils container"><div class="cell_input docutils container"><pre>lines = []\n'
                'show_markdown("\\n".join(lines))\nglue_values(x=1)</pre></div></div>')
+
+
+def references_page(check_site, entries: list[str] | None = None, title: str = "References") -> str:
+    """A References page as sphinxcontrib-bibtex renders it: one entry per link given (default: the required works)."""
+    links = list(check_site.REQUIRED_REFERENCES.values()) if entries is None else entries
+    body = "".join(f'<div class="citation" id="id{n}" role="doc-biblioentry"><span class="label">[W{n}]</span> <p>A work. '
+                   + (f'URL: <a class="reference external" href="{url}">{url}</a>.' if url else "") + "</p></div>"
+                   for n, url in enumerate(links))
+    return (f'<!DOCTYPE html>\n<html><head></head><body><main><section id="references">'
+            f'<h1>{title}<a class="headerlink" href="#references">#</a></h1>{body}</section></main></body></html>')
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +66,15 @@ def check_site():
     return load_script("check_site")
 
 
-def write_site(folder: Path, bad_head: str = "", bad_body: str = "") -> Path:
-    """A clean index.html and a book/chapter.html that carries the defect given, if any."""
+def write_site(folder: Path, bad_head: str = "", bad_body: str = "", references: str | None = None) -> Path:
+    """A clean index.html, a book/chapter.html that carries the defect given, if any, and the References page
+    (clean unless given; "" leaves it out)."""
     (folder / "book").mkdir(parents=True)
     (folder / "index.html").write_text(PAGE.format(head="", body=""), encoding="utf-8")
     (folder / "book" / "chapter.html").write_text(PAGE.format(head=bad_head, body=bad_body), encoding="utf-8")
+    references = references_page(load_script("check_site")) if references is None else references
+    if references:
+        (folder / "book" / "bibliography.html").write_text(references, encoding="utf-8")
     return folder
 
 
@@ -72,7 +88,8 @@ def test_a_clean_site_passes(check_site, tmp_path: Path, capsys):
     status, out, err = run(check_site, write_site(tmp_path), capsys)
     assert (status, err) == (0, "")
     assert out == [
-        f"check_site: 2 page(s) in {tmp_path}: no raw Markdown tables, remote scripts or stylesheets, tracebacks or noise"
+        f"check_site: 3 page(s) in {tmp_path}: no raw Markdown tables, remote scripts or stylesheets, tracebacks or noise, "
+        "and a References page with links"
     ]
 
 
@@ -106,15 +123,30 @@ def test_a_clean_site_passes(check_site, tmp_path: Path, capsys):
         ("", WARNING_OUTPUT, "a warning in a cell's output: 'FutureWarning: `torch_dtype` is deprecated'"),
         ("", LOADING_OUTPUT, "a progress bar in a cell's output: 'Loading weights: 100%| 272/272'"),
         ("", SILENT_CELL, "a show_markdown cell shows nothing: 'lines = [] show_markdown(\"\\\\n\".join(lines)) glue_values(x=1)'"),
+        ("", UNRESOLVED_CITATION, "an unresolved citation: 'NF4, as in QLoRA [].'"),
     ],
     ids=["raw-table", "delimiter-row", "remote-mathjax", "inline-math-cdn", "remote-stylesheet", "error-output", "stream-traceback",
-         "replacement-character", "warning", "loading-bar", "silent-show-markdown"],
+         "replacement-character", "warning", "loading-bar", "silent-show-markdown", "unresolved-citation"],
 )
 def test_each_defect_fails_naming_the_page_and_the_snippet(check_site, tmp_path: Path, capsys, head, body, finding):
     status, out, err = run(check_site, write_site(tmp_path, head, body), capsys)
     assert status == 1
     assert out == [f"book/chapter.html: {finding}"]
-    assert err == f"check_site: 1 problem(s) in 2 page(s) of {tmp_path}\n"
+    assert err == f"check_site: 1 problem(s) in 3 page(s) of {tmp_path}\n"
+
+
+def test_a_missing_or_incomplete_references_page_fails(check_site, tmp_path: Path, capsys):
+    page = "book/bibliography.html"
+    status, out, _ = run(check_site, write_site(tmp_path / "missing", references=""), capsys)
+    assert (status, out) == (1, [f"{page}: missing (book/bibliography.md, listed in _toc.yml, renders the References page)"])
+
+    required = list(check_site.REQUIRED_REFERENCES.items())
+    entries = [url for _, url in required[1:]] + [""]  # the first work left out, and an entry without a link
+    status, out, _ = run(check_site, write_site(tmp_path / "incomplete", references=references_page(check_site, entries,
+                                                                                                     title="Bibliography")), capsys)
+    assert status == 1
+    assert out == [f"{page}: no title 'References'", f"{page}: an entry without a link to the work: '[W{len(entries) - 1}] A work.'",
+                   f"{page}: {required[0][0]} is not listed with its link {required[0][1]}"]
 
 
 def test_a_folder_without_pages_is_an_error_that_says_what_to_do(check_site, tmp_path: Path, capsys):

@@ -17,8 +17,8 @@ Every ``.html`` page under the folder is checked for:
 - a Python traceback in the page: the text ``Traceback (most recent call last)`` or myst-nb's traceback
   output, left by a cell that raised;
 - noise a reader should not meet: the replacement character U+FFFD (a character cut in two), a warning
-  (``SomethingWarning``) or a "Loading weights" progress bar in a cell's output, and a cell that calls
-  ``show_markdown`` but shows nothing (a computed table that was built and never displayed);
+  (``SomethingWarning``), a package's "pip install" notice or a "Loading weights" progress bar in a cell's
+  output, and a cell that calls ``show_markdown`` but shows nothing (a computed table that was built and never displayed);
 - an unresolved citation: ``{cite}`key``` whose key ``book/references.bib`` lacks, which sphinxcontrib-bibtex
   renders as an empty ``[]`` and lets through with a warning.
 
@@ -46,6 +46,7 @@ UNRENDERED_ELEMENTS = ("pre", "code", "script", "style")
 REPLACEMENT = "\ufffd"
 WARNING = re.compile(r"\b[A-Z]\w*Warning\b")  # UserWarning, FutureWarning, DeprecationWarning…
 LOADING_BAR = "Loading weights"
+INSTALL_HINT = "pip install"  # a package telling the reader to install something: a notice, not the book's output
 CITATION_CLASS = "bibtex-citation"  # sphinxcontrib-bibtex's span around an in-text citation
 REFERENCES_PAGE = "book/bibliography.html"
 # The works the References page must list, each by the link its entry must carry.
@@ -141,6 +142,8 @@ def noise(soup: BeautifulSoup) -> list[str]:
         findings += [f"a warning in a cell's output: {shorten(said[match.start():])!r}" for match in WARNING.finditer(said)][:1]
         if LOADING_BAR in said:
             findings.append(f"a progress bar in a cell's output: {shorten(said[said.index(LOADING_BAR):])!r}")
+        if INSTALL_HINT in said:
+            findings.append(f"a package's install notice in a cell's output: {shorten(said[:said.index(INSTALL_HINT) + 20])!r}")
     for cell in soup.find_all(class_="cell"):
         source = cell.find(class_="cell_input")
         if source is not None and "show_markdown(" in source.get_text() and cell.find(class_="cell_output") is None:

@@ -122,11 +122,13 @@ def test_a_clean_site_passes(check_site, tmp_path: Path, capsys):
         ("", "<p>答：全程一共有14\ufffd</p>", "1 replacement character(s) U+FFFD, the first in 'ibration: 100%|##########| 8/8 答：全程一共有14\ufffd'"),
         ("", WARNING_OUTPUT, "a warning in a cell's output: 'FutureWarning: `torch_dtype` is deprecated'"),
         ("", LOADING_OUTPUT, "a progress bar in a cell's output: 'Loading weights: 100%| 272/272'"),
+        ("", '<div class="cell_output"><pre>Failed to load X. Please make sure you already `pip install kernels`</pre></div>',
+         "a package's install notice in a cell's output: 'Failed to load X. Please make sure you already `pip install kernels`'"),
         ("", SILENT_CELL, "a show_markdown cell shows nothing: 'lines = [] show_markdown(\"\\\\n\".join(lines)) glue_values(x=1)'"),
         ("", UNRESOLVED_CITATION, "an unresolved citation: 'NF4, as in QLoRA [].'"),
     ],
     ids=["raw-table", "delimiter-row", "remote-mathjax", "inline-math-cdn", "remote-stylesheet", "error-output", "stream-traceback",
-         "replacement-character", "warning", "loading-bar", "silent-show-markdown", "unresolved-citation"],
+         "replacement-character", "warning", "loading-bar", "install-notice", "silent-show-markdown", "unresolved-citation"],
 )
 def test_each_defect_fails_naming_the_page_and_the_snippet(check_site, tmp_path: Path, capsys, head, body, finding):
     status, out, err = run(check_site, write_site(tmp_path, head, body), capsys)

@@ -73,8 +73,11 @@ def _without_hub_kernel_notice(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith("Failed to load CPU gemm_4bit_forward from kernels-community")
 
 
+# installed once, when the package is imported, so that it holds wherever bitsandbytes is imported afterwards
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_without_hub_kernel_notice)
+
+
 def _raw_bitsandbytes():
-    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_without_hub_kernel_notice)
     try:
         import bitsandbytes
     except ImportError as error:

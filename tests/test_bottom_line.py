@@ -55,3 +55,13 @@ def test_better_scores_at_less_memory_meet_the_goal(tmp_path):
 
 def test_runs_without_adaq_lora_say_that_nothing_is_judged(tmp_path):
     assert bottom_line([run(tmp_path, "qlora", [0.5] * 10, 100.0)], SCALE).startswith("*Nothing is recorded yet")
+
+
+def test_the_ablation_on_qlora_s_storage_shows_what_the_precision_plan_itself_moves(tmp_path):
+    prompts = [0.2, 0.8] * 20
+    results = [run(tmp_path, "qlora", prompts, 100.0, full_precision_weights_mb=60.0, activations_mb=40.0),
+               run(tmp_path, "adaq_lora_nf4", prompts, 120.0, full_precision_weights_mb=60.0, activations_mb=60.0),
+               run(tmp_path, "adaq_lora", prompts, 110.0, quantized_weights_mb=20.0, activations_mb=90.0)]
+    text = bottom_line(results, SCALE)
+    assert ("The same adapters on QLoRA's storage (adaq_lora_nf4) peak at 120 MB, so the precision plan itself moves "
+            "the peak by -10 MB: weights -40, activations +30.") in text

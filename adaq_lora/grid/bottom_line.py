@@ -85,6 +85,10 @@ def memory_means(runs: list[dict]) -> dict[str, float]:
     return {key: fmean(r["memory_breakdown"][key] for r in runs) for key in (*CATEGORIES, "total_mb")}
 
 
+def _weights(means: dict[str, float]) -> float:
+    return means["quantized_weights_mb"] + means["full_precision_weights_mb"]
+
+
 def against_qlora(title: str, runs: dict[str, list[dict]], checks: list[ClaimCheck], power) -> str:
     """ADAQ-LoRA against QLoRA and LoRA on one stand-in, the goal met or missed and by how much, and where the
     memory goes."""
@@ -115,6 +119,11 @@ def against_qlora(title: str, runs: dict[str, list[dict]], checks: list[ClaimChe
         text += (f" memory {ratio - GOAL_MEMORY_RATIO:+.2f}× over the aim. By category (MB, ADAQ-LoRA − QLoRA): {less}; "
                  f"{more}. At 135M the frozen weights are a small share of a step's peak, and what the precision plan "
                  "saves on them is outweighed by the rest (chapter 6 takes a step's peak apart).")
+        if "adaq_lora_nf4" in runs:  # the same adapters on QLoRA's storage: what the plan itself moves
+            nf4 = memory_means(runs["adaq_lora_nf4"])
+            text += (f" The same adapters on QLoRA's storage (adaq_lora_nf4) peak at {nf4['total_mb']:.0f} MB, so the "
+                     f"precision plan itself moves the peak by {ours['total_mb'] - nf4['total_mb']:+.0f} MB: weights "
+                     f"{_weights(ours) - _weights(nf4):+.0f}, activations {ours['activations_mb'] - nf4['activations_mb']:+.0f}.")
     reach = next((row for row in power if row.comparison == "adaq_lora − qlora" and row.metric == "Avg"
                   and title_of(row.group) == title), None)
     if reach is not None:

@@ -110,8 +110,10 @@ def against_qlora(title: str, runs: dict[str, list[dict]], checks: list[ClaimChe
              f"with QLoRA at ≤ {GOAL_MEMORY_RATIO}× its memory, is " + ("**met**." if level and ratio <= GOAL_MEMORY_RATIO
                                                                         else "**missed**:"))
     if not level:
-        text += (" " + ", ".join(f"{'Avg' if c.metric == 'avg' else c.metric} {c.difference:+.4f}" for c in scores if c.difference < 0) + " below QLoRA"
-                 + (" with the interval wholly below zero" if below else ", within the intervals") + ";")
+        text += (" " + ", ".join(f"{'Avg' if c.metric == 'avg' else c.metric} {c.difference:+.4f}"
+                                 + (" (its interval wholly below zero)" if c.interval[1] < 0 else "")
+                                 for c in scores if c.difference < 0)
+                 + " below QLoRA" + ("" if below else ", within the intervals") + ";")
     if ratio > GOAL_MEMORY_RATIO:
         moved = {CATEGORIES[k]: ours[k] - theirs[k] for k in CATEGORIES if abs(ours[k] - theirs[k]) >= 1}
         more = ", ".join(f"{name} +{mb:.0f}" for name, mb in moved.items() if mb > 0)

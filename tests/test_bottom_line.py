@@ -42,6 +42,10 @@ def test_a_tie_with_qlora_at_more_memory_misses_the_goal_and_says_where_the_memo
            "**REPRODUCED**; 6B, 3.5 bits 0.72×: **REPRODUCED** |" in text
     assert "**School_math**" not in text  # no run there: not a column of invented verdicts
     assert "LoRA's own peak on a bfloat16 base is 12,000 MiB" in text
+    assert "At 135M QLoRA's frozen weights are 60% of its peak" in text
+    assert "the ordering the paper reports (ADAQ-LoRA below QLoRA below LoRA) holds" in text
+    above = [{**row, "measured_mib": 4100.0} if row["variant"] == "adaq_lora" else row for row in SCALE]
+    assert "(ADAQ-LoRA below QLoRA below LoRA) does not hold" in bottom_line(results, above)
 
 
 def test_better_scores_at_less_memory_meet_the_goal(tmp_path):

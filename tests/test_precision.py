@@ -6,6 +6,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from adaq_lora import AdaQConfig, prepare
 from adaq_lora.quant.blockwise import BlockwiseEmbedding, BlockwiseLinear, BlockwiseMatrix, stored_bytes
+from adaq_lora.quant.normal_float import decode_codes
 from adaq_lora.quant.quantize import dequantized_weight
 from adaq_lora.quant.precision import (PRECISIONS, PrecisionPlan, apply_precision_plan, frozen_matrices,
                                  order_by_importance, plan_precision, score_matrix)
@@ -69,6 +70,24 @@ def test_blockwise_linear_forward_and_backward_equal_a_dense_matmul_with_the_dec
     (out * upstream).sum().backward()
     (dense_out * upstream).sum().backward()
     torch.testing.assert_close(x.grad, dense_x.grad, rtol=1e-5, atol=1e-5)  # chunked sums: another rounding order
+
+
+@pytest.mark.parametrize("precision", ["nf2", "nf3"])
+def test_nf3_and_nf2_rows_unpacked_a_group_at_a_time_equal_one_whole_decode_bit_for_bit(monkeypatch, precision):
+    matrix = BlockwiseMatrix(torch.randn(100, 128).to(torch.bfloat16), precision)
+    levels = decode_codes(matrix.codes, int(precision[-1]), matrix.table).view(100, -1, 64)
+    whole = (levels * matrix._row_scales(slice(None)).unsqueeze(-1)).view(100, 128).to(torch.bfloat16)
+    monkeypatch.setattr("adaq_lora.quant.blockwise.DECODE_ELEMENTS", 7 * 128)  # groups of 7 rows, the last shorter
+    for index in (slice(None), slice(3, 60), torch.tensor([99, 0, 41, 41])):
+        assert torch.equal(matrix.rows(index), whole[index])
+
+
+def test_a_blockwise_layer_keeps_no_input_for_backward():
+    layer = BlockwiseLinear(BlockwiseMatrix(torch.randn(100, 64), "nf3"))
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda tensor: saved.append(tensor) or tensor, lambda tensor: tensor):
+        out = layer(torch.randn(2, 5, 64, requires_grad=True))
+    assert out.requires_grad and len(saved) == 0  # ∂L/∂x needs only the weight, decoded again in backward
 
 
 def test_the_plan_meets_its_budget_and_more_budget_never_costs_more_error():

@@ -15,7 +15,11 @@ each frozen matrix gets; this module holds the result:
   decoded weight for the backward pass: it decodes the rows again. The decoded copy alive at any instant is
   one chunk of rows holding about `CHUNK_ELEMENTS` weights, not the whole matrix, which for the output head
   (49,152 × 576 floats = 108 MB) is what keeps the saving at the peak of a step. The chunk is counted in weights,
-  not rows: 4,096 rows of ChatGLM2-6B's 13,696-wide down projection would be 214 MB in float32.
+  not rows: 4,096 rows of ChatGLM2-6B's 13,696-wide down projection would be 214 MB in float32. Nor does it keep
+  its input: ∂L/∂x = ∂L/∂y · W needs W alone (the weight is frozen), as bitsandbytes' 4-bit matmul keeps none.
+- NF3 and NF2 rows are unpacked `DECODE_ELEMENTS` weights at a time into the chunk's one output tensor, so the
+  unpacking's integer words and unscaled levels stay an eighth of a chunk; every value is the one a whole decode
+  gives, bit for bit.
 A tied embedding and head share one `BlockwiseMatrix`, so the matrix is stored once, as in the model.
 """
 from __future__ import annotations
@@ -32,6 +36,7 @@ PRECISION_BITS = {"nf2": 2, "nf3": 3, "nf4": 4, "int8": 8, "bf16": 16}  # each p
 PRECISIONS = tuple(PRECISION_BITS)  # from the fewest bits to the most
 NORMAL_FLOAT_BELOW_4 = {"nf2": 2, "nf3": 3}  # the codes `normal_float` packs; NF4 is bitsandbytes'
 CHUNK_ELEMENTS = 4096 * 576  # weights decoded at once (9 MB in float32): the default model's 4,096 rows of 576
+DECODE_ELEMENTS = CHUNK_ELEMENTS // 8  # NF3/NF2 weights unpacked at once within a chunk (their temporaries' size)
 
 
 def stored_bytes(shape: tuple[int, int], precision: str) -> int:
@@ -119,9 +124,7 @@ class BlockwiseMatrix(nn.Module):
             return codes.to(self.dtype)
         functional = import_bitsandbytes().functional
         if self.precision in NORMAL_FLOAT_BELOW_4:
-            levels = decode_codes(codes, NORMAL_FLOAT_BELOW_4[self.precision], self.table)
-            blocks = levels.view(codes.shape[0], -1, BLOCKSIZE) * self._row_scales(index).unsqueeze(-1)
-            return blocks.view(codes.shape[0], self.shape[1]).to(self.dtype)
+            return self._normal_float_rows(index)
         scales = self._row_scales(index).reshape(-1)
         n_rows = codes.shape[0]
         if self.precision == "nf4":
@@ -133,6 +136,17 @@ class BlockwiseMatrix(nn.Module):
             decoded = functional.dequantize_blockwise(codes.reshape(-1), state).view(n_rows, self.shape[1])
         return decoded.to(self.dtype)
 
+    def _normal_float_rows(self, index: torch.Tensor | slice) -> torch.Tensor:
+        """NF3/NF2 rows `index`, unpacked a group of rows at a time (`DECODE_ELEMENTS`) into one output tensor."""
+        numbers = torch.arange(self.shape[0], device=self.codes.device)[index]
+        out = torch.empty(numbers.numel(), self.shape[1], dtype=self.dtype, device=self.codes.device)
+        step, bits = max(1, DECODE_ELEMENTS // self.shape[1]), NORMAL_FLOAT_BELOW_4[self.precision]
+        for start in range(0, numbers.numel(), step):
+            group = numbers[start:start + step]
+            levels = decode_codes(self.codes[group], bits, self.table).view(group.numel(), -1, BLOCKSIZE)
+            out[start:start + step] = (levels * self._row_scales(group).unsqueeze(-1)).view(group.numel(), -1)
+        return out
+
     def extra_repr(self) -> str:
         return f"shape={self.shape}, precision={self.precision}, {self.nbytes / 2**20:.2f} MB"
 
@@ -143,12 +157,11 @@ def chunk_rows(columns: int) -> int:
 
 
 class _ChunkedMatmul(torch.autograd.Function):
-    """y = x Wᵀ with W decoded chunk by chunk; backward decodes again instead of keeping W."""
+    """y = x Wᵀ with W decoded chunk by chunk; backward decodes again instead of keeping W, and keeps no x."""
 
     @staticmethod
     def forward(ctx, x, matrix: BlockwiseMatrix):
         ctx.matrix = matrix
-        ctx.save_for_backward(x)
         out = x.new_empty(*x.shape[:-1], matrix.shape[0])  # filled in place: no second copy from a concatenation
         step = chunk_rows(matrix.shape[1])
         for start in range(0, matrix.shape[0], step):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from peft import PeftModel
 
-from adaq_lora.grid import experiment
+from adaq_lora.grid import cell_start, experiment
 from adaq_lora.grid.experiment import RESULT_KEYS, load_result, plan_experiment, run_experiment
 from adaq_lora.scoring.metrics import METRIC_NAMES
 from adaq_lora.models import load_model
@@ -116,8 +116,9 @@ def test_a_crash_while_the_result_is_written_leaves_no_result_and_a_rerun_comple
 def test_a_complete_result_is_returned_without_running_again_unless_forced(dataset, overrides, tmp_path, monkeypatch):
     first = run_experiment("base", dataset, "ci", out_dir=tmp_path, overrides=overrides, progress=False)
     loads = []
-    real_load = experiment._load_model
-    monkeypatch.setattr(experiment, "_load_model", lambda exp, progress: loads.append(exp.method) or real_load(exp, progress))
+    real_load = cell_start.load_cell_model
+    monkeypatch.setattr(cell_start, "load_cell_model",
+                        lambda exp, progress: loads.append(exp.method) or real_load(exp, progress))
     assert run_experiment("base", dataset, "ci", out_dir=tmp_path, overrides=overrides, progress=False) == first
     assert loads == []
     forced = run_experiment("base", dataset, "ci", out_dir=tmp_path, overrides=overrides, progress=False, force=True)

@@ -13,8 +13,8 @@ writes into `out_dir`:
 
 Under torchrun (training/distributed.py) each process trains a replica; rank 0 alone writes into `out_dir`, and the
 test answers are split over the ranks. A run with `checkpoint_every` set resumes from its last checkpoint. Memory is the
-peak of one training step on the run's longest batch, before training (`memory.measure_training_memory`; `base`: the
-forward pass and loss). `adaq_lora` plans its base's precision from the first training examples (`quant/precision.py`)
+peak of one training step on the run's longest batch, before training (`cell_start.measure_cell_memory`; `base`:
+the forward pass and loss). `adaq_lora` plans its base's precision from the first training examples (`quant/precision.py`)
 or from the model's files where the base loads in 4 bits (`quant/file_plan.py`), and writes `precision_plan.json`.
 On a CPU without bfloat16 units a bfloat16 base's products run in float32 (`training/float32_products.py`).
 """
@@ -34,19 +34,17 @@ import torch
 
 from ..atomic import write_json_atomic, write_jsonl_atomic
 from ..config import AdaQConfig, TrainConfig
-from ..data import collate_examples, load_records, pad_token_id, prompt_text, split_records, tokenize_records
+from ..data import load_records, pad_token_id, prompt_text, split_records
 from ..scoring.evaluate import generate_answers
 from ..tuners.methods import trainable_parameters
 from ..scoring.accuracy import accuracy_scores, answer_kind
 from ..scoring.metrics import METRIC_NAMES, bootstrap_intervals, per_example_scores
-from ..models import DEFAULT_MODEL, load_model, model_folder
-from ..measure.memory import measure_training_memory
-from ..quant.file_plan import plan_precision_from_files
-from ..quant.precision import PrecisionPlan, calibration_batches
+from ..models import DEFAULT_MODEL
 from ..profiles import Profile, cpu_description, load_profile
-from ..training import float32_products, set_gradient_checkpointing, steps_for, train
+from ..training import float32_products, steps_for, train
 from ..training.distributed import barrier, current_world
-from ..tuners import Tuner, method_spec, prepare, save
+from ..tuners import method_spec, save
+from .cell_start import measure_cell_memory, start_cell
 
 RESULT_FILE = "result.json"
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -153,19 +151,13 @@ def execute(experiment: Experiment, out_dir: str | Path, force: bool = False, pr
     barrier()
 
     began = time.perf_counter()
-    model, tokenizer, plan = _load_model(experiment, progress)
-    torch.manual_seed(experiment.seed)
-    examples = tokenize_records(experiment.train_records, tokenizer, experiment.profile.train.max_length)  # once a run
-    calibration = calibration_batches(examples, pad_token_id(tokenizer)) if plan is None else None
-    tuner = prepare(model, experiment.method, experiment.adaq_config(), calibration=calibration, precision_plan=plan)
+    tuner, tokenizer, examples = start_cell(experiment, progress)
     if tuner.precision_plan is not None and world.main:  # what the plan decided, matrix by matrix, before any step
         tuner.precision_plan.save(out_dir)
         if progress:
             print(f"precision plan: {tuner.precision_plan.summary()}", file=sys.stderr)
     training, train_config = None, experiment.train_config(progress)
-    # before the memory measurement, which must see the run as it trains
-    set_gradient_checkpointing(tuner.model, train_config.gradient_checkpointing)
-    memory = _measure_memory(experiment, tuner, examples, pad_token_id(tokenizer))
+    memory = measure_cell_memory(experiment, tuner, examples, pad_token_id(tokenizer))
     with float32_products(in_float32 := experiment.profile.multiplies_in_float32()):
         if method_spec(experiment.method).trains:
             training = train(tuner, tokenizer, experiment.train_records, train_config,
@@ -250,47 +242,6 @@ def _difference(previous: dict, identity: dict) -> str:
     old, new = flat(previous), flat(identity)
     order = sorted(new, key=lambda key: "." in key)  # the run's identity first, then its settings
     return "; ".join(f"{key}: {old.get(key)!r} there, {new[key]!r} asked" for key in order if old.get(key) != new[key])
-
-
-def _load_model(experiment: Experiment, progress: bool) -> tuple[torch.nn.Module, object, PrecisionPlan | None]:
-    """The base model, the tokenizer, and the precision plan when it has to be made before loading: float on the CPU
-    profiles (`prepare` quantizes and plans); with `quantize_on_load` the 4-bit methods load in NF4, adaq_lora's plan
-    scored from the model's files first (`quant/file_plan.py`), its other precisions re-read from them by `prepare`."""
-    p = experiment.profile
-    dtype = p.base_dtype
-    spec = method_spec(experiment.method)
-    quantization_config, plan = None, None
-    if p.quantize_on_load and spec.quantized:
-        from transformers import BitsAndBytesConfig
-
-        if spec.precision_plan and p.adapter.precision_budget_bits is not None:
-            plan = plan_precision_from_files(model_folder(p.model), p.adapter.precision_budget_bits, p.device, progress,
-                                             p.adapter.precision_floor)
-        # every decoder matrix in NF4; `prepare` re-reads from the files those the plan stores otherwise, one at a time
-        quantization_config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                 bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
-    device = f"cuda:{current_world().local_rank}" if p.device == "cuda" else None  # one GPU per process
-    model, tokenizer = load_model(p.model, dtype=dtype, device=device, quantization_config=quantization_config)
-    return model, tokenizer, plan
-
-
-def _measure_memory(experiment: Experiment, tuner: Tuner, examples: list[dict], pad_id: int) -> dict:
-    """Peak memory of one training step on the run's longest batch (`base`: its forward pass and loss).
-
-    Measured before training, where a run's peak is: SVD adapters are still at init_r with the allocator's
-    importance EMAs beside them (rank compaction frees both later). The measurement's steps run at learning rate 0
-    on an optimizer of their own, so the weights do not move; the tuner's state they change is put back afterwards.
-    """
-    p = experiment.profile
-    longest = sorted(examples, key=lambda example: len(example["input_ids"]), reverse=True)[: p.train.batch_size]
-    batch = collate_examples(longest, pad_id)
-    breakdown = measure_training_memory(tuner, batch, max_grad_norm=p.train.max_grad_norm,
-                                        optimizer_name=p.train.optimizer)
-    shape = "×".join(str(size) for size in batch["input_ids"].shape)
-    what = ("a forward pass and the loss (base trains nothing)" if not method_spec(experiment.method).trains
-            else f"one training step (forward, backward, clipping, {p.train.optimizer})")
-    return {"memory_mb": breakdown.total_mb, "memory_breakdown": breakdown.as_dict(),
-            "memory_measured": f"{what} on the longest training batch, {shape} tokens"}
 
 
 def _write_predictions(path: Path, records: list[dict], predictions: list[str], per_example: dict) -> None:

@@ -119,12 +119,12 @@ class BlockwiseMatrix(nn.Module):
     def rows(self, index: torch.Tensor | slice | None = None) -> torch.Tensor:
         """Rows `index` (a slice or a tensor of row numbers; None: all) as a float tensor of the original dtype."""
         index = slice(None) if index is None else index
+        if self.precision in NORMAL_FLOAT_BELOW_4:
+            return self._normal_float_rows(index)
         codes = self.codes[index]
         if self.precision == "bf16":
             return codes.to(self.dtype)
         functional = import_bitsandbytes().functional
-        if self.precision in NORMAL_FLOAT_BELOW_4:
-            return self._normal_float_rows(index)
         scales = self._row_scales(index).reshape(-1)
         n_rows = codes.shape[0]
         if self.precision == "nf4":

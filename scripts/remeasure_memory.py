@@ -26,7 +26,7 @@ from pathlib import Path
 from adaq_lora.atomic import write_json_atomic
 from adaq_lora.data import pad_token_id
 from adaq_lora.grid.cell_start import measure_cell_memory, start_cell
-from adaq_lora.grid.experiment import RESULT_FILE, plan_experiment
+from adaq_lora.grid.experiment import RESULT_FILE, flat_keys, plan_experiment
 from adaq_lora.grid.tables import collect_results
 from adaq_lora.tuners.registry import method_names
 
@@ -38,12 +38,7 @@ BEFORE_THE_KEY = {"adapter.precision_floor": "nf4", "adapter.svd_init": "gaussia
 
 def flat(settings: dict) -> dict:
     """A profile's settings as dotted keys (`adapter.init_r`), less those that change nothing a run does."""
-    items = {}
-    for key, value in settings.items():
-        if key not in ("name", *NOT_THE_RUN):
-            items.update({f"{key}.{name}": inner for name, inner in value.items()} if isinstance(value, dict)
-                         else {key: value})
-    return items
+    return {key: value for key, value in flat_keys(settings).items() if key.split(".")[0] not in ("name", *NOT_THE_RUN)}
 
 
 def recorded_overrides(settings: dict) -> dict:

@@ -27,6 +27,9 @@ from ..tuners import Tuner, method_spec, prepare
 
 
 def load_cell_model(experiment, progress: bool) -> tuple[torch.nn.Module, object, PrecisionPlan | None]:
+    """The base model, the tokenizer, and the precision plan when it has to be made before loading: float on the CPU
+    profiles (`prepare` quantizes and plans); with `quantize_on_load` the 4-bit methods load in NF4, adaq_lora's plan
+    scored from the model's files first (`quant/file_plan.py`), its other precisions re-read from them by `prepare`."""
     p = experiment.profile
     dtype = p.base_dtype
     spec = method_spec(experiment.method)

@@ -232,14 +232,16 @@ def _subset(records: list[dict], size: int | None, split: str, dataset: str) -> 
     return records if size is None else records[:size]
 
 
-def _difference(previous: dict, identity: dict) -> str:
-    def flat(data: dict, prefix: str = "") -> dict:
-        items = {}
-        for key, value in data.items():
-            items.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
-        return items
+def flat_keys(data: dict, prefix: str = "") -> dict:
+    """Nested dicts as one dict of dotted keys: {"adapter": {"r": 8}} → {"adapter.r": 8}."""
+    items = {}
+    for key, value in data.items():
+        items.update(flat_keys(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return items
 
-    old, new = flat(previous), flat(identity)
+
+def _difference(previous: dict, identity: dict) -> str:
+    old, new = flat_keys(previous), flat_keys(identity)
     order = sorted(new, key=lambda key: "." in key)  # the run's identity first, then its settings
     return "; ".join(f"{key}: {old.get(key)!r} there, {new[key]!r} asked" for key in order if old.get(key) != new[key])
 

@@ -140,7 +140,7 @@ class BlockwiseMatrix(nn.Module):
         """NF3/NF2 rows `index`, unpacked a group of rows at a time (`DECODE_ELEMENTS`) into one output tensor."""
         numbers = torch.arange(self.shape[0], device=self.codes.device)[index]
         out = torch.empty(numbers.numel(), self.shape[1], dtype=self.dtype, device=self.codes.device)
-        step, bits = max(1, DECODE_ELEMENTS // self.shape[1]), NORMAL_FLOAT_BELOW_4[self.precision]
+        step, bits = chunk_rows(self.shape[1], DECODE_ELEMENTS), NORMAL_FLOAT_BELOW_4[self.precision]
         for start in range(0, numbers.numel(), step):
             group = numbers[start:start + step]
             levels = decode_codes(self.codes[group], bits, self.table).view(group.numel(), -1, BLOCKSIZE)
@@ -151,9 +151,9 @@ class BlockwiseMatrix(nn.Module):
         return f"shape={self.shape}, precision={self.precision}, {self.nbytes / 2**20:.2f} MB"
 
 
-def chunk_rows(columns: int) -> int:
-    """Rows of a `columns`-wide matrix decoded at once: about `CHUNK_ELEMENTS` weights, at least one row."""
-    return max(1, CHUNK_ELEMENTS // columns)
+def chunk_rows(columns: int, elements: int = CHUNK_ELEMENTS) -> int:
+    """Rows of a `columns`-wide matrix decoded at once: about `elements` weights, at least one row."""
+    return max(1, elements // columns)
 
 
 class _ChunkedMatmul(torch.autograd.Function):
